@@ -1,0 +1,1 @@
+"""Admission webhook, OIDC issuer and admin CLI of workload-identity."""
