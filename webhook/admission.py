@@ -161,6 +161,29 @@ def _is_windows(spec: Mapping[str, Any]) -> bool:
     return isinstance(selector, dict) and selector.get("kubernetes.io/os") == "windows"
 
 
+KNOWN_ANNOTATIONS: Final = frozenset(
+    {"tags", "inject", "skip-containers", "aws", "gcp"}
+)
+
+
+def annotation_warnings(annotations: Mapping[str, Any]) -> list[str]:
+    """Warn about workloadidentity.dev/ annotations that nothing reads: usually
+    a misspelt key, whose intent would otherwise be silently ignored."""
+    warnings = []
+    for key in sorted(annotations):
+        prefix, _, name = str(key).partition("/")
+        if prefix == "workloadidentity.dev" and name not in KNOWN_ANNOTATIONS:
+            known = ", ".join(
+                f"workloadidentity.dev/{k}" for k in sorted(KNOWN_ANNOTATIONS)
+            )
+            warnings.append(
+                f"annotation {key} is not read by workload-identity and was ignored "
+                f"(known: {known}); tokens are always under "
+                "/var/run/secrets/workloadidentity.dev/"
+            )
+    return warnings
+
+
 def needs_namespace(review: Review) -> bool:
     """Whether deciding this review reads the namespace (pod CREATE only)."""
     return (
@@ -205,6 +228,7 @@ def decide(
 
     # Select per provider, then compute the narrow patch towards it.
     selection = index.select(namespace.project, pod_tags(annotations))
+    warnings = annotation_warnings(annotations)
     mutation = mutate(
         review.pod,
         selection,
@@ -213,6 +237,7 @@ def decide(
         settings=settings,
     )
     identities = {p.value: i.name for p, i in selection.chosen.items()}
+    mutation.warnings[:0] = warnings
     if not mutation.patch:
         answer = allow(review, Outcome.UNCHANGED, warnings=mutation.warnings)
         answer.identities = identities
@@ -242,5 +267,3 @@ def describe(answer: Answer, review: Review) -> str:
         f"uid={review.uid} namespace={review.namespace} operation={review.operation} "
         f"outcome={answer.outcome.value} identities={chosen} ops={len(answer.patch)}"
     )
-
-

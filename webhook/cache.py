@@ -1,0 +1,54 @@
+"""The in-memory state every admission reads: identities and namespaces.
+
+Sources (a file, or the Kubernetes API) replace snapshots here; readers take
+the current snapshot without locks, since swapping a reference is atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from webhook.identities import Identity, IdentityError, Provider
+from webhook.metrics import WebhookMetrics
+from webhook.namespaces import NamespaceInfo
+from webhook.scope import IdentityIndex
+
+log = logging.getLogger(__name__)
+
+
+class Cache:
+    def __init__(self, metrics: WebhookMetrics) -> None:
+        self.metrics = metrics
+        self.index = IdentityIndex(())
+        self.namespaces: dict[str, NamespaceInfo] = {}
+        self.invalid: dict[str, IdentityError] = {}
+        self.identities_synced = False
+        self.namespaces_synced = False
+
+    @property
+    def ready(self) -> bool:
+        return self.identities_synced and self.namespaces_synced
+
+    def set_identities(
+        self, identities: Iterable[Identity], errors: Iterable[IdentityError]
+    ) -> None:
+        self.index = IdentityIndex(identities)
+        self.invalid = {error.document: error for error in errors}
+        for provider in Provider:
+            count = sum(1 for i in self.index.identities if i.provider is provider)
+            self.metrics.identities_loaded.labels(provider.value).set(count)
+        self.metrics.identities_invalid.set(len(self.invalid))
+        self.identities_synced = True
+        self.metrics.cache_synced.labels("workloadidentities").set(1)
+
+    def set_namespaces(self, namespaces: dict[str, NamespaceInfo]) -> None:
+        self.namespaces = dict(namespaces)
+        self.namespaces_synced = True
+        self.metrics.cache_synced.labels("namespaces").set(1)
+
+    def put_namespace(self, info: NamespaceInfo) -> None:
+        self.namespaces[info.name] = info
+
+    def drop_namespace(self, name: str) -> None:
+        self.namespaces.pop(name, None)

@@ -1,0 +1,268 @@
+"""HTTPS transport: the only module that knows aiohttp's server side.
+
+Handlers read JSON, call one plain function and write JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from webhook import admission
+from webhook.cache import Cache
+from webhook.issuer import DISCOVERY_PATH, JWKS_PATH, Issuer
+from webhook.metrics import WebhookMetrics
+from webhook.namespaces import NamespaceInfo
+from webhook.sidecar_spec import SidecarSettings
+from webhook.tls import ReloadingContext
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 3 * 1024 * 1024
+"""The API server's own request limit is 3 MiB; a larger body is no pod."""
+
+
+class NamespaceLookup(Protocol):
+    """Reads one namespace directly, for a namespace the cache has not seen yet."""
+
+    async def __call__(self, name: str) -> NamespaceInfo | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    cache: Cache
+    settings: SidecarSettings
+    issuer: Issuer
+    metrics: WebhookMetrics
+    lookup_namespace: NamespaceLookup | None = None
+
+
+SERVICES: Final = web.AppKey("services", Services)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+async def namespace_for(services: Services, name: str) -> NamespaceInfo | None:
+    info = services.cache.namespaces.get(name)
+    if info is not None or services.lookup_namespace is None or not name:
+        return info
+    # A namespace created a moment before its first pod may not have reached
+    # the watch yet; read it once rather than answer as if it had no project.
+    services.metrics.namespace_cache_misses.inc()
+    info = await services.lookup_namespace(name)
+    if info is not None:
+        services.cache.put_namespace(info)
+    return info
+
+
+async def answer_review(services: Services, body: Any) -> admission.Answer:
+    """Decide one parsed body; MalformedReview propagates as a client error."""
+    review = admission.parse_review(body)
+    try:
+        namespace = None
+        if admission.needs_namespace(review):
+            namespace = await namespace_for(services, review.namespace)
+        answer = admission.decide(
+            review,
+            namespace=namespace,
+            index=services.cache.index,
+            settings=services.settings,
+        )
+    except admission.MalformedReview:
+        raise
+    except Exception:
+        log.exception(
+            "admission failed: uid=%s namespace=%s", review.uid, review.namespace
+        )
+        answer = admission.refuse(
+            review,
+            "workload-identity could not decide on this pod because of an internal "
+            "error; retry, and see the webhook's logs if it persists",
+        )
+    log.debug("admission %s", admission.describe(answer, review))
+    labels = (answer.outcome.value, "true" if review.dry_run else "false")
+    services.metrics.admission_requests.labels(*labels).inc()
+    return answer
+
+
+async def mutate_handler(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    started = time.perf_counter()
+    if request.content_type != "application/json":
+        return _error(
+            415, f"content type {request.content_type!r}: send application/json"
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(
+            413, f"body larger than {MAX_BODY_BYTES} bytes: no pod is that large"
+        )
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "the body is not valid JSON")
+    try:
+        answer = await answer_review(services, body)
+    except admission.MalformedReview as exc:
+        return _error(400, str(exc))
+    except RecursionError:
+        return _error(400, "the body is nested too deeply")
+    response = _json(answer.review)
+    services.metrics.admission_duration.observe(time.perf_counter() - started)
+    return response
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    cache = request.app[SERVICES].cache
+    body = {
+        "workloadidentities": cache.identities_synced,
+        "namespaces": cache.namespaces_synced,
+    }
+    return _json(body, 200 if cache.ready else 503)
+
+
+async def discovery(request: web.Request) -> web.Response:
+    response = _json(request.app[SERVICES].issuer.discovery())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+async def jwks(request: web.Request) -> web.Response:
+    response = _json(request.app[SERVICES].issuer.jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def create_app(
+    services: Services, *, extra_routes: list[web.RouteDef] | None = None
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[SERVICES] = services
+    app.add_routes(
+        [
+            web.post("/mutate", mutate_handler),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get(DISCOVERY_PATH, discovery),
+            web.get(JWKS_PATH, jwks),
+            *(extra_routes or []),
+        ]
+    )
+    return app
+
+
+def create_metrics_app(metrics: WebhookMetrics) -> web.Application:
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"listen address {value!r} must be HOST:PORT, e.g. 0.0.0.0:8443"
+        )
+    return host.strip("[]"), int(port)
+
+
+@contextlib.asynccontextmanager
+async def running_site(
+    app: web.Application, listen: str, ssl: ReloadingContext | None
+) -> AsyncIterator[web.AppRunner]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = split_listen(listen)
+    site = web.TCPSite(
+        runner,
+        host,
+        port,
+        ssl_context=ssl.context if ssl else None,
+        shutdown_timeout=10,
+    )
+    await site.start()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+async def serve(
+    services: Services,
+    *,
+    listen: str,
+    metrics_listen: str,
+    tls: ReloadingContext,
+    background: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
+    extra_routes: list[web.RouteDef] | None = None,
+    started: Callable[[list[tuple[str, int]]], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def reload_certificates() -> None:
+        while True:
+            await asyncio.sleep(5)
+            tls.refresh()
+
+    app = create_app(services, extra_routes=extra_routes)
+    async with (
+        running_site(app, listen, tls) as main_runner,
+        running_site(
+            create_metrics_app(services.metrics), metrics_listen, None
+        ) as metrics_runner,
+    ):
+        addresses = [a for r in (main_runner, metrics_runner) for a in r.addresses]
+        log.info(
+            "serving admission and issuer on https://%s, metrics on http://%s/metrics",
+            listen,
+            metrics_listen,
+        )
+        if started is not None:
+            started([(str(a[0]), int(a[1])) for a in addresses])
+        tasks = [asyncio.create_task(reload_certificates())]
+        tasks += [asyncio.create_task(job()) for job in background or []]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(
+            [stopper, *tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in [stopper, *tasks]:
+            task.cancel()
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        log.info("shutting down: finishing requests in flight")
