@@ -85,7 +85,7 @@ def _condition_holds(
 ) -> bool:
     if not key.startswith(f"{host}:"):
         return False
-    claim = claims.get(key.split(":", 1)[1])
+    claim = claims.get(key.rsplit(":", 1)[1])
     actual = _values(claim) if claim is not None else []
     wanted = _values(expected)
     if operator == "StringEquals":

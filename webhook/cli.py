@@ -239,7 +239,8 @@ def _pod_input(body: Any, namespace_flag: str | None) -> _PodInput:
     namespace = namespace_flag or metadata.get("namespace")
     if not namespace:
         raise UsageError("the pod has no namespace: pass --namespace NAME")
-    annotations = metadata.get("annotations") or {}
+    annotations = metadata.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
     return _PodInput(
         str(namespace),
         annotations,

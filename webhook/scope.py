@@ -18,9 +18,11 @@ from webhook.identities import Identity, Provider
 TAGS_ANNOTATION: Final = "workloadidentity.dev/tags"
 
 
-def pod_tags(annotations: Mapping[str, str] | None) -> frozenset[str]:
+def pod_tags(annotations: object) -> frozenset[str]:
     """Comma-separated tags, whitespace trimmed, empty entries ignored."""
-    raw = (annotations or {}).get(TAGS_ANNOTATION)
+    if not isinstance(annotations, Mapping):
+        return frozenset()
+    raw = annotations.get(TAGS_ANNOTATION)
     if not isinstance(raw, str):
         return frozenset()
     return frozenset(tag.strip() for tag in raw.split(",") if tag.strip())

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -241,9 +242,7 @@ def set_up_gcp(fake: FakeGcp, identity: Identity, issuer: str) -> None:
     member = (
         f"principalSet://iam.googleapis.com/{pool}/attribute.identity/{identity.name}"
     )
-    fake.bindings[gcp.service_account_email] = {
-        member.replace("principalSet://", "principalSet:")
-    }
+    fake.bindings[gcp.service_account_email] = {member}
 
 
 @dataclass(slots=True)
@@ -531,6 +530,8 @@ async def pod_lifecycle(
 
 
 def run_demo(*, keep: bool = False) -> int:
+    # moto's embedded server logs every request; the demo tells its own story.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="workload-identity-demo-"))
     paths = Paths(root)
     try:

@@ -31,8 +31,12 @@ def gcp() -> None:
         scopes=["https://www.googleapis.com/auth/cloud-platform"]
     )
     credentials.refresh(Request())
-    who = getattr(credentials, "service_account_email", None) or "the federated principal"
-    print(f"gcp: {type(credentials).__module__} credentials for {who}, project {project}")
+    who = (
+        getattr(credentials, "service_account_email", None) or "the federated principal"
+    )
+    print(
+        f"gcp: {type(credentials).__module__} credentials for {who}, project {project}"
+    )
     print(f"gcp: access token obtained, valid until {credentials.expiry:%H:%M:%S} UTC")
 
 
