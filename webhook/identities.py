@@ -182,7 +182,10 @@ class _Reader:
                     "or '.', at most 63 characters",
                 )
             result.append(item)
-        return tuple(sorted(set(result)))
+        duplicates = sorted({n for n in result if result.count(n) > 1})
+        if duplicates:
+            raise self.fail(f"{path}.names", f"lists {duplicates} more than once")
+        return tuple(sorted(result))
 
 
 def _restriction(
