@@ -554,3 +554,47 @@ def test_case_29_half_configured_gcp_identity_is_rejected_and_the_other_still_wo
     assert (
         env["WI_GCP_SERVICE_ACCOUNT"] == "bq-reader@project-a.iam.gserviceaccount.com"
     )
+
+
+def test_case_21_an_80_container_pod_gets_a_small_narrow_patch() -> None:
+    from tests.webhook.large_pods import large_pod
+
+    case = load_case("case-21")
+    webhook = Webhook.for_case(case)
+    pod = large_pod()
+    review = review_for(pod, uid="large")
+    assert len(json.dumps(review)) > 300 * 1024
+    admitted = webhook.admit(review)
+    assert admitted.response["allowed"] is True
+    assert len(admitted.patch) <= 6 * 80 + 10
+    for op in admitted.patch:
+        assert (
+            op["path"] not in ("/spec/containers", "/spec/initContainers")
+            or op["op"] == "add"
+        )
+        assert not (
+            op["op"] == "replace"
+            and op["path"] in ("/spec/containers", "/spec/initContainers")
+        )
+    assert len(json.dumps(admitted.patch)) < 256 * 1024
+    assert len(json.dumps(admitted.pod)) < 1024 * 1024
+    user = [
+        c
+        for c in all_containers(admitted.pod)
+        if c["name"].startswith(("init-", "step-"))
+    ]
+    assert len(user) == 80
+    for c in user:
+        for name in (
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_SESSION_NAME",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE",
+        ):
+            assert len(env_entries(c, name)) == 1, (c["name"], name)
+        assert len(token_mounts(admitted.pod, c)) == 1
+    assert len(sidecars(admitted.pod)) == 1
+    annotations = admitted.pod["metadata"]["annotations"]
+    assert annotations["workloadidentity.dev/aws"] == "ci-cache"
+    assert annotations["workloadidentity.dev/gcp"] == "ci-artifacts"
