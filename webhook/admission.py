@@ -229,6 +229,12 @@ def decide(
     # Select per provider, then compute the narrow patch towards it.
     selection = index.select(namespace.project, pod_tags(annotations))
     warnings = annotation_warnings(annotations)
+    unknown = sorted(pod_tags(annotations) - index.known_tags(namespace.project))
+    if unknown:
+        warnings.append(
+            f"tag(s) {unknown} are used by no WorkloadIdentity of project "
+            f"{namespace.project!r}: check the spelling of workloadidentity.dev/tags"
+        )
     mutation = mutate(
         review.pod,
         selection,

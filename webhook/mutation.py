@@ -64,7 +64,7 @@ _RECORDED_IN: Final = {
     "GOOGLE_CLOUD_PROJECT": "WI_GCP_PROJECT_ID",
 }
 MANAGED_VARIABLES: Final = frozenset(_FIXED_VALUES) | frozenset(_RECORDED_IN)
-_SESSION_CHARS = re.compile(r"[^\w+=,.@-]")
+_SESSION_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
 
 
 @dataclass(slots=True)

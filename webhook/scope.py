@@ -104,6 +104,7 @@ class IdentityIndex:
         self.by_name: dict[str, Identity] = {i.name: i for i in ordered}
         self._by_project: dict[tuple[Provider, str], list[Identity]] = {}
         self._all_projects: dict[Provider, list[Identity]] = {p: [] for p in Provider}
+        self._tags: dict[str, frozenset[str]] = {}
         for identity in ordered:
             scope = identity.scope
             if scope is None:
@@ -123,6 +124,20 @@ class IdentityIndex:
         """In name order, the identities whose project rule admits `project`."""
         scoped: Sequence[Identity] = self._by_project.get((provider, project), ())
         return heapq.merge(scoped, self._all_projects[provider], key=_key)
+
+    def known_tags(self, project: str) -> frozenset[str]:
+        """Every tag named by an identity whose project rule admits `project`."""
+        cached = self._tags.get(project)
+        if cached is None:
+            cached = frozenset(
+                tag
+                for provider in Provider
+                for identity in self.candidates(provider, project)
+                if identity.scope is not None
+                for tag in identity.scope.tags.names
+            )
+            self._tags[project] = cached
+        return cached
 
     def select(self, project: str | None, tags: frozenset[str]) -> Selection:
         if project is None:

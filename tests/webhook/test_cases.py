@@ -598,3 +598,28 @@ def test_case_21_an_80_container_pod_gets_a_small_narrow_patch() -> None:
     annotations = admitted.pod["metadata"]["annotations"]
     assert annotations["workloadidentity.dev/aws"] == "ci-cache"
     assert annotations["workloadidentity.dev/gcp"] == "ci-artifacts"
+
+
+def test_tags_no_identity_of_the_project_uses_draw_a_warning() -> None:
+    case = load_case("case-25")
+    webhook = Webhook.for_case(case)
+    admitted = webhook.admit(
+        _case_25_review(case, {"workloadidentity.dev/tags": "web, wbe"}, "typo")
+    )
+    [warning] = [w for w in admitted.warnings if "used by no WorkloadIdentity" in w]
+    assert "wbe" in warning
+    assert "'web'" not in warning
+    clean = webhook.admit(
+        _case_25_review(case, {"workloadidentity.dev/tags": "web,eu"}, "ok")
+    )
+    assert clean.warnings == []
+
+
+def test_a_misspelt_annotation_key_draws_a_warning() -> None:
+    case = load_case("case-25")
+    admitted = Webhook.for_case(case).admit(
+        _case_25_review(case, {"workloadidentity.dev/tag": "web"}, "typo")
+    )
+    assert any(
+        "workloadidentity.dev/tag " in w and "ignored" in w for w in admitted.warnings
+    )

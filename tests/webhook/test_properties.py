@@ -266,3 +266,16 @@ def test_json_pointer_escaping_handles_tilde_and_slash() -> None:
             }
         ],
     ) == {"metadata": {"annotations": {"x~/y": "2"}}}
+
+
+@given(st.text(max_size=80), st.text(max_size=300), st.booleans())
+def test_session_names_are_always_valid_for_sts(
+    namespace: str, name: str, generated: bool
+) -> None:
+    import re
+
+    from webhook.mutation import session_name
+
+    metadata = {"generateName": name} if generated else {"name": name}
+    value = session_name(namespace, metadata)
+    assert re.fullmatch(r"[\w+=,.@-]{2,64}", value, flags=re.ASCII), value
