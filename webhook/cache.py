@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Final
 
 from webhook.identities import Identity, IdentityError, Provider
 from webhook.metrics import WebhookMetrics
@@ -15,6 +16,11 @@ from webhook.namespaces import NamespaceInfo
 from webhook.scope import IdentityIndex
 
 log = logging.getLogger(__name__)
+
+
+IDENTITIES: Final = "workloadidentities"
+NAMESPACES: Final = "namespaces"
+"""Resource names, as the API server and the cache_synced metric spell them."""
 
 
 class Cache:
@@ -40,15 +46,26 @@ class Cache:
             self.metrics.identities_loaded.labels(provider.value).set(count)
         self.metrics.identities_invalid.set(len(self.invalid))
         self.identities_synced = True
-        self.metrics.cache_synced.labels("workloadidentities").set(1)
+        self.metrics.cache_synced.labels(IDENTITIES).set(1)
 
     def set_namespaces(self, namespaces: dict[str, NamespaceInfo]) -> None:
         self.namespaces = dict(namespaces)
         self.namespaces_synced = True
-        self.metrics.cache_synced.labels("namespaces").set(1)
+        self.metrics.cache_synced.labels(NAMESPACES).set(1)
 
     def put_namespace(self, info: NamespaceInfo) -> None:
         self.namespaces[info.name] = info
 
     def drop_namespace(self, name: str) -> None:
         self.namespaces.pop(name, None)
+
+    def mark_unsynced(self, resource: str) -> None:
+        """`resource` is no longer known to be current (its watch has not
+        recovered): the webhook reports not ready until it is listed again."""
+        if resource == IDENTITIES:
+            self.identities_synced = False
+        elif resource == NAMESPACES:
+            self.namespaces_synced = False
+        else:
+            raise ValueError(f"unknown resource {resource!r}")
+        self.metrics.cache_synced.labels(resource).set(0)

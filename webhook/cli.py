@@ -1,4 +1,4 @@
-"""`python -m webhook`: serve, review, explain, issuer, demo.
+"""`python -m webhook`: serve, review, explain, issuer, install, verify, status, demo.
 
 Every flag can also be set by the environment variable shown in its help.
 """
@@ -19,6 +19,7 @@ import yaml
 
 from webhook import admission, logs
 from webhook.cache import Cache
+from webhook.cli_cloud import CLOUD_COMMANDS, add_cloud_commands, run_cloud_command
 from webhook.identities import IdentityFileError, LoadResult, load_identity_file
 from webhook.issuer import IssuerConfigError, load_issuer, write_new_key
 from webhook.metrics import create_metrics
@@ -31,6 +32,7 @@ from webhook.namespaces import (
 from webhook.scope import IdentityIndex, pod_tags
 from webhook.sidecar_spec import SidecarMode, SidecarSettings, SigningMode
 from webhook.tls import ReloadingContext, write_self_signed
+from webhook.watch import WatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -387,27 +389,60 @@ def _state_files(
     return cert, key, keys, issuer_url
 
 
+def _watch_settings(args: argparse.Namespace) -> WatchSettings:
+    try:
+        unready_after = float(args.unready_after)
+    except ValueError:
+        unready_after = -1.0
+    if not unready_after > 0:
+        raise UsageError(
+            f"--unready-after {args.unready_after!r}: give a number of seconds above 0"
+        )
+    return WatchSettings(unready_after=unready_after)
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from webhook.server import Services, serve, split_listen
 
     _, port = split_listen(args.listen)
+    if args.source == "kubernetes" and (args.identities or args.namespaces):
+        raise UsageError(
+            "--identities and --namespaces are read with --source file only; with "
+            "--source kubernetes the webhook watches the API server: drop them"
+        )
+    watch = _watch_settings(args)
     cert, key, keys, issuer_url = _state_files(args, port)
     issuer = load_issuer(issuer_url, keys)
-    if args.source != "file":
-        raise UsageError(
-            "--source kubernetes is not available in this build; use --source file"
-        )
     cache = Cache(create_metrics())
+    settings = sidecar_settings(args, issuer_url=issuer.url)
+    tls = ReloadingContext(cert, key)
+    if args.source == "kubernetes":
+        from webhook.cluster import serve_from_cluster
+
+        log.info(
+            "issuer %s with key %s; watching the API server", issuer.url, issuer.kid
+        )
+        asyncio.run(
+            serve_from_cluster(
+                kubeconfig=args.kubeconfig or None,
+                cache=cache,
+                settings=settings,
+                issuer=issuer,
+                webhook_namespace=args.webhook_namespace,
+                watch=watch,
+                listen=args.listen,
+                metrics_listen=args.metrics_listen,
+                tls=tls,
+            )
+        )
+        out.write("stopped\n")
+        return 0
     rules = load_rules(args, strict=True)
     cache.set_identities(rules.identities, rules.errors)
     cache.set_namespaces(load_namespaces(args))
     services = Services(
-        cache=cache,
-        settings=sidecar_settings(args, issuer_url=issuer.url),
-        issuer=issuer,
-        metrics=cache.metrics,
+        cache=cache, settings=settings, issuer=issuer, metrics=cache.metrics
     )
-    tls = ReloadingContext(cert, key)
     log.info(
         "issuer %s with key %s; %d identities loaded",
         issuer.url,
@@ -452,9 +487,26 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         "--source",
         "WI_SOURCE",
-        "where identities come from",
+        "where identities and namespaces come from: files (--identities, "
+        "--namespaces) or the API server",
         default="file",
         choices=["file", "kubernetes"],
+    )
+    _flag(
+        serve,
+        "--kubeconfig",
+        "WI_KUBECONFIG",
+        "with --source kubernetes: kubeconfig to use outside a cluster "
+        "(default: the pod's ServiceAccount)",
+        default="",
+    )
+    _flag(
+        serve,
+        "--unready-after",
+        "WI_UNREADY_AFTER",
+        "with --source kubernetes: seconds a watch may fail before the webhook "
+        "turns unready",
+        default=str(WatchSettings().unready_after),
     )
     _flag(serve, "--listen", "WI_LISTEN", "HTTPS address", default="0.0.0.0:8443")
     _flag(
@@ -530,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep", action="store_true", help="keep the demo's temporary directory"
     )
+    add_cloud_commands(commands, _flag)
     return parser
 
 
@@ -543,6 +596,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         "explain": cmd_explain,
         "issuer": cmd_issuer,
     }
+    if args.command in CLOUD_COMMANDS:
+        return run_cloud_command(args, out)
     try:
         if args.command == "demo":
             from webhook.demo.run import run_demo

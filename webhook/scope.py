@@ -9,7 +9,7 @@ provider the first name in code-point order wins.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -94,6 +94,41 @@ def _key(identity: Identity) -> str:
     return identity.name
 
 
+@dataclass(slots=True)
+class _Bucket:
+    """The identities of one provider whose project rule admits one project (or
+    every project), filed by what their tag rule needs, each list in name order."""
+
+    open: list[Identity] = field(default_factory=list)
+    """Tag rule disabled: a candidate for every pod."""
+    by_tag: dict[str, list[Identity]] = field(default_factory=dict)
+    """Tag rule enabled: filed under each tag it names, because a pod with none
+    of them cannot match (a rule naming no tag admits nothing: filed nowhere)."""
+
+    def add(self, identity: Identity) -> None:
+        assert identity.scope is not None
+        rule = identity.scope.tags
+        if not rule.restrict:
+            self.open.append(identity)
+            return
+        for tag in dict.fromkeys(rule.names):
+            self.by_tag.setdefault(tag, []).append(identity)
+
+    def lists(self, tags: frozenset[str]) -> list[Sequence[Identity]]:
+        found: list[Sequence[Identity]] = [self.open] if self.open else []
+        return found + [self.by_tag[tag] for tag in tags if tag in self.by_tag]
+
+
+def _distinct(ordered: Iterable[Identity]) -> Iterator[Identity]:
+    """Drop repeats from a name-ordered merge (an identity filed under two of
+    the pod's tags comes twice, one after the other)."""
+    previous = None
+    for identity in ordered:
+        if identity is not previous:
+            yield identity
+        previous = identity
+
+
 class IdentityIndex:
     """Identities indexed by provider and project, so a decision reads only the
     identities that could serve the pod's project, not every identity."""
@@ -105,17 +140,24 @@ class IdentityIndex:
         self._by_project: dict[tuple[Provider, str], list[Identity]] = {}
         self._all_projects: dict[Provider, list[Identity]] = {p: [] for p in Provider}
         self._tags: dict[str, frozenset[str]] = {}
+        # The same identities again, split by tag, for select().
+        self._buckets: dict[tuple[Provider, str | None], _Bucket] = {}
         for identity in ordered:
             scope = identity.scope
             if scope is None:
                 continue
             if not scope.projects.restrict:
                 self._all_projects[identity.provider].append(identity)
+                self._bucket(identity.provider, None).add(identity)
                 continue
             for project in scope.projects.names:
                 self._by_project.setdefault((identity.provider, project), []).append(
                     identity
                 )
+                self._bucket(identity.provider, project).add(identity)
+
+    def _bucket(self, provider: Provider, project: str | None) -> _Bucket:
+        return self._buckets.setdefault((provider, project), _Bucket())
 
     def __len__(self) -> int:
         return len(self.identities)
@@ -124,6 +166,20 @@ class IdentityIndex:
         """In name order, the identities whose project rule admits `project`."""
         scoped: Sequence[Identity] = self._by_project.get((provider, project), ())
         return heapq.merge(scoped, self._all_projects[provider], key=_key)
+
+    def _tag_candidates(
+        self, provider: Provider, project: str, tags: frozenset[str]
+    ) -> Iterable[Identity]:
+        """In name order, the candidates whose tag rule could admit `tags`: every
+        identity that can match, and few others, however many are loaded."""
+        lists: list[Sequence[Identity]] = []
+        for where in (project, None):
+            bucket = self._buckets.get((provider, where))
+            if bucket is not None:
+                lists += bucket.lists(tags)
+        if len(lists) <= 1:
+            return lists[0] if lists else ()
+        return _distinct(heapq.merge(*lists, key=_key))
 
     def known_tags(self, project: str) -> frozenset[str]:
         """Every tag named by an identity whose project rule admits `project`."""
@@ -144,7 +200,7 @@ class IdentityIndex:
             return Selection()
         chosen: dict[Provider, Identity] = {}
         for provider in Provider:
-            for identity in self.candidates(provider, project):
+            for identity in self._tag_candidates(provider, project, tags):
                 if evaluate(identity, project, tags).matched:
                     chosen[provider] = identity
                     break

@@ -11,7 +11,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -71,7 +71,9 @@ async def namespace_for(services: Services, name: str) -> NamespaceInfo | None:
     services.metrics.namespace_cache_misses.inc()
     info = await services.lookup_namespace(name)
     if info is not None:
-        services.cache.put_namespace(info)
+        # The watch may have delivered the namespace meanwhile; its copy is
+        # the newer one.
+        info = services.cache.namespaces.setdefault(name, info)
     return info
 
 
@@ -131,6 +133,29 @@ async def mutate_handler(request: web.Request) -> web.Response:
     response = _json(answer.review)
     services.metrics.admission_duration.observe(time.perf_counter() - started)
     return response
+
+
+class JsonAnswer(Protocol):
+    """A plain function behind a route: request headers and body in, HTTP
+    status and JSON body out."""
+
+    async def __call__(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, Any]: ...
+
+
+def json_route(path: str, answer: JsonAnswer) -> web.RouteDef:
+    """POST `path`, answered by `answer` (for create_app's extra_routes)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        status, body = await answer(request.headers, raw)
+        return _json(body, status)
+
+    return web.post(path, handler)
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -201,21 +226,32 @@ def split_listen(value: str) -> tuple[str, int]:
 async def running_site(
     app: web.Application, listen: str, ssl: ReloadingContext | None
 ) -> AsyncIterator[web.AppRunner]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=10
+    )
     await runner.setup()
     host, port = split_listen(listen)
-    site = web.TCPSite(
-        runner,
-        host,
-        port,
-        ssl_context=ssl.context if ssl else None,
-        shutdown_timeout=10,
-    )
+    site = web.TCPSite(runner, host, port, ssl_context=ssl.context if ssl else None)
     await site.start()
     try:
         yield runner
     finally:
         await runner.cleanup()
+
+
+CERTIFICATE_CHECK_SECONDS: Final = 5.0
+"""How often the serving certificate files are checked for a rotation: two
+stat calls each time, and well within cert-manager's renewal margin."""
+
+
+async def reload_certificates(
+    tls: ReloadingContext, interval: float = CERTIFICATE_CHECK_SECONDS
+) -> None:
+    """Follow the certificate files until cancelled; connections in flight
+    keep the certificate they were opened with."""
+    while True:
+        await asyncio.sleep(interval)
+        tls.refresh()
 
 
 async def serve(
@@ -234,11 +270,6 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    async def reload_certificates() -> None:
-        while True:
-            await asyncio.sleep(5)
-            tls.refresh()
-
     app = create_app(services, extra_routes=extra_routes)
     async with (
         running_site(app, listen, tls) as main_runner,
@@ -254,7 +285,7 @@ async def serve(
         )
         if started is not None:
             started([(str(a[0]), int(a[1])) for a in addresses])
-        tasks = [asyncio.create_task(reload_certificates())]
+        tasks = [asyncio.create_task(reload_certificates(tls))]
         tasks += [asyncio.create_task(job()) for job in background or []]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait(
@@ -262,6 +293,9 @@ async def serve(
         )
         for task in [stopper, *tasks]:
             task.cancel()
+        # Let the background jobs finish cancelling while the clients they
+        # use (the Kubernetes API client) are still open.
+        await asyncio.gather(stopper, *tasks, return_exceptions=True)
         for task in done:
             if task is not stopper and not task.cancelled() and task.exception():
                 raise task.exception()  # type: ignore[misc]

@@ -188,7 +188,10 @@ def pod_volumes(token_volume: str, settings: SidecarSettings) -> list[dict[str, 
     if settings.signing is SigningMode.KEY:
         aux: dict[str, Any] = {
             "name": f"{token_volume}-key",
-            "secret": {"secretName": settings.key_secret, "defaultMode": 0o400},
+            # Secret files are owned by root and the sidecar runs as 65532
+            # without an fsGroup (the pod's own setting is the user's), so the
+            # key must be world-readable; only the sidecar mounts this volume.
+            "secret": {"secretName": settings.key_secret, "defaultMode": 0o444},
         }
     else:
         aux = {

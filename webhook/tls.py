@@ -58,21 +58,39 @@ def _stamp(path: str) -> tuple[int, int, int]:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
+def _server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class ReloadingContext:
     """A server SSL context whose certificate follows the files on disk.
 
     New connections pick up a rotated pair: `refresh()` is cheap (two stat
-    calls) and reloads into the same context, so listeners keep running and
-    connections already open are not dropped.
+    calls) and loads a changed pair into a new context, which the listening
+    context hands each new connection during its handshake (the server-name
+    callback runs for every ClientHello, with or without SNI). Listeners keep
+    running, connections already open keep their certificate, and a pair that
+    fails to load (half written, mismatched) never replaces a good one.
     """
 
     def __init__(self, cert_path: str, key_path: str) -> None:
         self.cert_path = cert_path
         self.key_path = key_path
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context = _server_context()
+        """The context to listen with; it serves the latest good pair."""
+        self.context.load_cert_chain(cert_path, key_path)
+        self._current = self.context
         self._stamps: tuple[tuple[int, int, int], ...] = ()
+        self.context.sni_callback = self._select
         self.refresh()
+
+    def _select(
+        self, connection: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        if self._current is not self.context:
+            connection.context = self._current
 
     def refresh(self) -> bool:
         try:
@@ -86,8 +104,12 @@ class ReloadingContext:
             return False
         if stamps == self._stamps:
             return False
+        # A fresh context each time: loading into the one in use would leave it
+        # holding the new certificate with the old key when the pair does not
+        # match, and every handshake would fail until the next good pair.
+        fresh = _server_context()
         try:
-            self.context.load_cert_chain(self.cert_path, self.key_path)
+            fresh.load_cert_chain(self.cert_path, self.key_path)
         except (ssl.SSLError, OSError) as exc:
             if not self._stamps:
                 raise
@@ -96,6 +118,7 @@ class ReloadingContext:
             log.warning("serving certificate pair not loadable yet (%s); retrying", exc)
             return False
         if self._stamps:
+            self._current = fresh
             log.info("serving certificate reloaded from %s", self.cert_path)
         self._stamps = stamps
         return True

@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from oidc_tokens.keys import generate_rsa_key, private_key_pem
 from tests.webhook.casefiles import load_case
+from tests.webhook.cluster_support import FAST, Cluster
+from tests.webhook.fake_kube import FakeKube
 from webhook.cache import Cache
+from webhook.cluster import cluster_source
 from webhook.identities import parse_identities
 from webhook.issuer import Issuer
+from webhook.kube import Kube, connect
 from webhook.metrics import create_metrics
 from webhook.namespaces import namespaces_from_documents
-from webhook.server import Services
+from webhook.server import Services, create_app
 from webhook.sidecar_spec import SidecarSettings
 
 
@@ -57,3 +63,56 @@ def key_file(tmp_path: Path, signing_key_pem: bytes) -> Path:
     path.write_bytes(signing_key_pem)
     path.chmod(0o600)
     return path
+
+
+# --- the cluster source, against a fake API server ---------------------------
+
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
+
+
+@pytest.fixture
+async def fake_kube() -> AsyncIterator[FakeKube]:
+    """A fake API server on a free port of 127.0.0.1, stopped after the test."""
+    fake = FakeKube()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def kube(
+    fake_kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Kube]:
+    """kubernetes-asyncio configured by hand for the fake, never from a kubeconfig."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    async with connect(fake_kube.configuration(), request_timeout=2.0) as client:
+        yield client
+
+
+@pytest.fixture
+async def cluster(
+    fake_kube: FakeKube, kube: Kube, issuer: Issuer, aiohttp_client: Any
+) -> Cluster:
+    """The cluster source as `serve` builds it; start its watches with
+    `running(cluster.source.background)`."""
+    cache = Cache(create_metrics())
+    source = cluster_source(
+        kube,
+        cache=cache,
+        settings=SidecarSettings(issuer_url=issuer.url),
+        issuer=issuer,
+        webhook_namespace="workload-identity-system",
+        watch=FAST,
+    )
+    client = await aiohttp_client(
+        create_app(source.services, extra_routes=source.routes)
+    )
+    return Cluster(fake_kube, source, client)

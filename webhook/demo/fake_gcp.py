@@ -1,17 +1,21 @@
-"""Local stand-ins for Google's STS and IAM Credentials endpoints.
+"""Local stand-ins for Google's STS and IAM Credentials endpoints, served
+together with the IAM admin fake (`fake_gcp_iam`) whose state they read.
 
-They check what Google checks: the exchange's audience names a registered
-workload identity pool provider, the token's issuer is that provider's
-issuer, its signature verifies against the issuer's JWKS, its `aud` is an
-allowed audience (by default the provider's own resource name, with or
-without `https:`), and impersonation needs a binding for the principal the
-attribute mapping derives from the token.
+They check what Google checks: the exchange's audience names an active
+provider of an active workload identity pool, the token's issuer is that
+provider's issuer, its signature verifies against the provider's inline JWKS
+or else the issuer's JWKS found through discovery, its `aud` is an allowed
+audience (by default the provider's own resource name, with or without
+`https:`), the attribute mapping yields `google.subject`, and impersonation
+needs roles/iam.workloadIdentityUser on the service account for a principal
+the attribute mapping derives from the token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -19,42 +23,51 @@ from typing import Any
 
 from aiohttp import web
 
+from webhook.demo.fake_gcp_iam import (
+    TOKEN_CREATOR,
+    WORKLOAD_IDENTITY_USER,
+    FakeIam,
+    add_routes,
+)
 from webhook.demo.verifier import TokenRejected, TokenVerifier
 
+_INVALID_TARGET = (
+    'The target service indicated by the "audience" parameters is invalid. This might '
+    "either be because the pool or provider is disabled or deleted or because it "
+    "doesn't exist."
+)
 
-@dataclass(slots=True)
-class Provider:
-    issuer: str
-    attribute_mapping: dict[str, str]
-    allowed_audiences: list[str] = field(default_factory=list)
+
+def mapped(expression: str, claims: dict[str, Any]) -> str | None:
+    """An attribute mapping of the forms the product uses: `assertion.sub`
+    and `assertion['claim/with/slashes']`; None when the claim is absent."""
+    match = re.fullmatch(r"""assertion(?:\.([\w]+)|\[['"]([^'"]+)['"]\])""", expression)
+    if not match:
+        return None
+    value = claims.get(match.group(1) or match.group(2))
+    return None if value is None else str(value)
 
 
 @dataclass(slots=True)
 class FakeGcp:
     ca_file: str | None
-    providers: dict[str, Provider] = field(default_factory=dict)
-    """Keyed by `projects/N/locations/global/workloadIdentityPools/P/providers/X`."""
-    bindings: dict[str, set[str]] = field(default_factory=dict)
-    """Service account email -> members with roles/iam.workloadIdentityUser."""
+    iam: FakeIam = field(default_factory=FakeIam)
+    """Pools, providers, service accounts and their policies."""
     federated: dict[str, set[str]] = field(default_factory=dict)
     """Federated access token -> principals it stands for."""
     exchanges: list[dict[str, Any]] = field(default_factory=list)
     impersonations: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
 
+    @staticmethod
     def _principals(
-        self, name: str, provider: Provider, claims: dict[str, Any]
+        name: str, mapping: dict[str, str], claims: dict[str, Any]
     ) -> set[str]:
         pool = name.split("/providers/", 1)[0]
         base = f"//iam.googleapis.com/{pool}"
-        members: set[str] = set()
-        for target, expression in provider.attribute_mapping.items():
-            match = re.fullmatch(
-                r"""assertion(?:\.([\w]+)|\[['"]([^'"]+)['"]\])""", expression
-            )
-            if not match:
-                continue
-            value = claims.get(match.group(1) or match.group(2))
+        members: set[str] = {f"principalSet:{base}/*"}
+        for target, expression in mapping.items():
+            value = mapped(expression, claims)
             if value is None:
                 continue
             if target == "google.subject":
@@ -63,32 +76,60 @@ class FakeGcp:
                 members.add(f"principalSet:{base}/{target}/{value}")
         return members
 
+    def _active_provider(self, name: str) -> dict[str, Any] | None:
+        provider = self.iam.providers.get(name)
+        pool = self.iam.pools.get(name.split("/providers/", 1)[0])
+        if provider is None or pool is None:
+            return None
+        if "DELETED" in (provider["state"], pool["state"]):
+            return None
+        if provider.get("disabled") or pool.get("disabled"):
+            return None
+        return provider
+
+    def _refuse(self, error: str, description: str) -> tuple[int, dict[str, Any]]:
+        self.refusals.append(description)
+        return 400, {"error": error, "error_description": description}
+
     def exchange(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange":
+            return self._refuse(
+                "unsupported_grant_type", "grant_type must be token-exchange"
+            )
         audience = form.get("audience", "")
         name = audience.removeprefix("//iam.googleapis.com/")
-        provider = self.providers.get(name)
+        provider = self._active_provider(name)
         if provider is None:
-            return 400, {
-                "error": "invalid_target",
-                "error_description": f"unknown provider {audience}",
-            }
-        if form.get("subject_token_type") != "urn:ietf:params:oauth:token-type:jwt":
-            return 400, {
-                "error": "invalid_request",
-                "error_description": "subject_token_type must be jwt",
-            }
-        allowed = provider.allowed_audiences or [
+            return self._refuse("invalid_target", _INVALID_TARGET)
+        if form.get("subject_token_type") not in (
+            "urn:ietf:params:oauth:token-type:jwt",
+            "urn:ietf:params:oauth:token-type:id_token",
+        ):
+            return self._refuse(
+                "invalid_request", "subject_token_type must be jwt or id_token"
+            )
+        oidc = provider["oidc"]
+        allowed = oidc.get("allowedAudiences") or [
             f"//iam.googleapis.com/{name}",
             f"https://iam.googleapis.com/{name}",
         ]
-        verifier = TokenVerifier({provider.issuer}, ca_file=self.ca_file)
+        issuer = str(oidc["issuerUri"]).rstrip("/")
+        pinned = {issuer: json.loads(oidc["jwksJson"])} if oidc.get("jwksJson") else {}
+        verifier = TokenVerifier({issuer}, ca_file=self.ca_file, pinned=pinned)
         try:
             claims = verifier.verify(form.get("subject_token", ""), audiences=allowed)
         except TokenRejected as exc:
-            self.refusals.append(str(exc))
-            return 400, {"error": "invalid_grant", "error_description": str(exc)}
+            return self._refuse("invalid_grant", str(exc))
+        subject = mapped(provider["attributeMapping"].get("google.subject", ""), claims)
+        if not subject or len(str(subject).encode()) > 127:
+            return self._refuse(
+                "invalid_grant",
+                "The mapped attribute google.subject must be 1 to 127 bytes",
+            )
         token = f"fed-{secrets.token_urlsafe(24)}"
-        self.federated[token] = self._principals(name, provider, claims)
+        self.federated[token] = self._principals(
+            name, provider["attributeMapping"], claims
+        )
         self.exchanges.append(
             {"provider": name, "sub": claims["sub"], "aud": claims["aud"]}
         )
@@ -104,7 +145,8 @@ class FakeGcp:
         principals = self.federated.get(bearer)
         if principals is None:
             return 401, {"error": {"code": 401, "message": "unknown federated token"}}
-        if not principals & self.bindings.get(email, set()):
+        allowed = self.iam.members_of(email, WORKLOAD_IDENTITY_USER, TOKEN_CREATOR)
+        if not principals & allowed:
             message = (
                 f"Permission 'iam.serviceAccounts.getAccessToken' denied on {email}"
             )
@@ -136,10 +178,13 @@ class FakeGcp:
 
 
 def create_app(fake: FakeGcp) -> web.Application:
+    """STS at /v1/token, IAM Credentials, then the IAM admin and Resource
+    Manager fake (see `fake_gcp_iam.add_routes`), all on one port."""
     app = web.Application()
     app.router.add_post("/v1/token", fake.handle_token)
     app.router.add_post(
         "/v1/projects/-/serviceAccounts/{email}:generateAccessToken",
         fake.handle_generate,
     )
+    add_routes(app, fake.iam)
     return app

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import logging
 import os
@@ -36,12 +37,17 @@ import boto3
 import jsonpatch
 import yaml
 from aiohttp import ClientSession, web
+from google.auth.transport.requests import AuthorizedSession
 
 from oidc_tokens.paths import AWS_TOKEN_FILE, GCP_TOKEN_FILE, TOKEN_DIR
-from webhook.aws_trust import trust_policy
+from webhook.cloud.aws import AwsCloud
+from webhook.cloud.gcp import GcpCloud
+from webhook.cloud.install import Clouds, CloudSide, Installer, verify
+from webhook.cloud.plan import Check
+from webhook.cloud.spec import InstallOptions
 from webhook.demo.fake_gcp import FakeGcp
-from webhook.demo.fake_gcp import Provider as GcpProvider
 from webhook.demo.fake_gcp import create_app as gcp_app
+from webhook.demo.fake_gcp_iam import FakeIam, admin_credentials
 from webhook.demo.strict_sts import StrictSts
 from webhook.demo.strict_sts import create_app as sts_app
 from webhook.demo.verifier import TokenRejected, TokenVerifier
@@ -208,41 +214,44 @@ def map_paths(env: dict[str, str], mapping: dict[str, Path]) -> dict[str, str]:
     return mapped
 
 
-def set_up_aws(moto_url: str, identity: Identity, issuer: str) -> None:
-    assert identity.aws is not None
-    clients = {
-        "endpoint_url": moto_url,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "moto-admin",
-        "aws_secret_access_key": "moto-admin",
-    }
-    iam = boto3.client("iam", **clients)
-    iam.create_open_id_connect_provider(
-        Url=issuer, ClientIDList=[identity.aws.audience]
-    )
-    role_name = identity.aws.role_arn.split(":role/", 1)[1]
-    iam.create_role(
-        RoleName=role_name,
-        AssumeRolePolicyDocument=json.dumps(trust_policy(identity, issuer)),
-    )
-    boto3.client("s3", **clients).create_bucket(Bucket=BUCKET)
+def install_for_demo(cloud: CloudSide, identity: Identity, issuer: str) -> str:
+    """`python -m webhook install` for one identity, then once more (which
+    must change nothing), then `verify`; a summary for the narration."""
+    options = InstallOptions(issuer_url=issuer)
+    clouds = Clouds({identity.provider: lambda: cloud})
+    out = io.StringIO()
+    (first,) = Installer(options, clouds, None, out).run([identity])
+    (second,) = Installer(options, clouds, None, out).run([identity])
+    worst = verify([identity], options, clouds, out)
+    if not first.ok or not second.ok or second.changed or worst is not Check.OK:
+        raise DemoFailed(
+            f"install of {identity.name} did not settle:\n{out.getvalue()}"
+        )
+    made = ", ".join(call.short() for call in first.calls)
+    return f"install made {len(first.calls)} calls ({made}); a second install changed nothing; verify: ok"
 
 
-def set_up_gcp(fake: FakeGcp, identity: Identity, issuer: str) -> None:
-    assert identity.gcp is not None
-    gcp = identity.gcp
-    pool = f"projects/{gcp.project_number}/locations/global/workloadIdentityPools/{gcp.pool_id}"
-    fake.providers[f"{pool}/providers/{gcp.provider_id}"] = GcpProvider(
-        issuer=issuer,
-        attribute_mapping={
-            "google.subject": "assertion.sub",
-            "attribute.identity": "assertion['workloadidentity.dev/identity']",
-        },
+def set_up_aws(moto_url: str, identity: Identity, issuer: str) -> str:
+    session = boto3.session.Session(
+        aws_access_key_id="moto-admin",
+        aws_secret_access_key="moto-admin",  # noqa: S106 - moto's server accepts any key
+        region_name="us-east-1",
     )
-    member = (
-        f"principalSet://iam.googleapis.com/{pool}/attribute.identity/{identity.name}"
+    summary = install_for_demo(
+        AwsCloud(session, endpoint_url=moto_url), identity, issuer
     )
-    fake.bindings[gcp.service_account_email] = {member}
+    session.client("s3", endpoint_url=moto_url).create_bucket(Bucket=BUCKET)
+    return summary
+
+
+def set_up_gcp(fake: FakeGcp, gcp_url: str, identity: Identity, issuer: str) -> str:
+    cloud = GcpCloud(
+        AuthorizedSession(admin_credentials(fake.iam, gcp_url)),  # type: ignore[no-untyped-call]
+        iam_url=gcp_url,
+        resource_manager_url=f"{gcp_url}/crm",
+        poll_seconds=0.05,
+    )
+    return install_for_demo(cloud, identity, issuer)
 
 
 @dataclass(slots=True)
@@ -343,7 +352,10 @@ async def demo(paths: Paths) -> None:
     moto_url = f"http://127.0.0.1:{ports['moto']}"
     say("1", f"moto (AWS API emulator) on {moto_url}")
     strict = StrictSts(moto_url=moto_url, ca_file=paths.ca)
-    fake_gcp = FakeGcp(ca_file=paths.ca)
+    fake_gcp = FakeGcp(
+        ca_file=paths.ca, iam=FakeIam(projects={"demo-project": "123456789012"})
+    )
+    gcp_url = f"http://127.0.0.1:{ports['gcp']}"
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **SAFE_ENV}
     webhook_argv = [
         sys.executable, "-m", "webhook", "serve",
@@ -371,15 +383,19 @@ async def demo(paths: Paths) -> None:
                     "1",
                     f"webhook serving /mutate and the issuer at {issuer} (TLS, self-signed CA in {paths.state})",
                 )
-                await asyncio.to_thread(set_up_aws, moto_url, aws_identity, issuer)
-                say(
-                    "1",
-                    f"AWS: OIDC provider for {issuer} and role {aws_identity.aws.role_arn if aws_identity.aws else ''} whose trust policy pins aud and sub '{aws_identity.name}:*'",
+                summary = await asyncio.to_thread(
+                    set_up_aws, moto_url, aws_identity, issuer
                 )
-                set_up_gcp(fake_gcp, gcp_identity, issuer)
                 say(
                     "1",
-                    f"GCP: provider {gcp_identity.audience} trusts the issuer; {gcp_identity.name} may impersonate its service account",
+                    f"AWS: OIDC provider for {issuer} and role {aws_identity.aws.role_arn if aws_identity.aws else ''} whose trust policy pins aud and sub '{aws_identity.name}:*'; {summary}",
+                )
+                summary = await asyncio.to_thread(
+                    set_up_gcp, fake_gcp, gcp_url, gcp_identity, issuer
+                )
+                say(
+                    "1",
+                    f"GCP: pool provider {gcp_identity.audience} trusts the issuer; only {gcp_identity.name} may impersonate its service account; {summary}",
                 )
                 await pod_lifecycle(
                     paths,
@@ -529,13 +545,33 @@ async def pod_lifecycle(
     )
 
 
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """In the demo's own process no name but a loopback one resolves, so an
+    SDK that falls back to a real cloud endpoint fails at once instead."""
+    original = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in (None, "127.0.0.1", "localhost", "::1"):
+            raise socket.gaierror(f"the demo reaches 127.0.0.1 only, not {name}")
+        return original(host, *args, **kwargs)
+
+    socket.getaddrinfo = guarded
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = original
+
+
 def run_demo(*, keep: bool = False) -> int:
     # moto's embedded server logs every request; the demo tells its own story.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="workload-identity-demo-"))
     paths = Paths(root)
     try:
-        asyncio.run(demo(paths))
+        with loopback_only():
+            asyncio.run(demo(paths))
     except DemoFailed as exc:
         print(f"\nDEMO FAILED: {exc}\n(logs in {root})", file=sys.stderr)
         return 1

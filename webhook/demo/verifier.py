@@ -25,6 +25,8 @@ class TokenVerifier:
 
     trusted_issuers: set[str]
     ca_file: str | None = None
+    pinned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Issuer -> JWKS given inline (GCP's oidc.jwksJson): used, never fetched."""
     _jwks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _get(self, url: str) -> dict[str, Any]:
@@ -40,6 +42,8 @@ class TokenVerifier:
         return body
 
     def _keys(self, issuer: str, *, refresh: bool = False) -> dict[str, Any]:
+        if issuer in self.pinned:
+            return self.pinned[issuer]
         if refresh or issuer not in self._jwks:
             discovery = self._get(f"{issuer}/.well-known/openid-configuration")
             if discovery.get("issuer") != issuer:

@@ -1,0 +1,363 @@
+"""`python -m webhook install|verify|status`: the cloud side of identities.
+
+install  creates or updates what each identity needs in AWS or GCP (OIDC
+         provider or workload identity pool, role or service account, trust
+         and permissions) and records what it installed; --dry-run prints
+         every call and changes nothing.
+verify   checks it, without changing anything: exit 0 when everything is
+         right, 1 when something is wrong, 3 when something could not be
+         read (missing read permission: the setup may still be right).
+status   lists every identity as installed, pending or failed, from the
+         state file, with what changed since the last install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
+
+from webhook.cloud.errors import CloudError
+from webhook.cloud.install import Clouds, CloudSide, Installer, statuses, verify
+from webhook.cloud.plan import Check
+from webhook.cloud.report import render_status
+from webhook.cloud.spec import InstallOptions, ProviderSetup
+from webhook.cloud.state import LocalStateFile, StateFileError
+from webhook.identities import Identity, IdentityFileError, Provider, load_identity_file
+from webhook.issuer import IssuerConfigError, normalise_issuer
+
+CLOUD_COMMANDS: Final = ("install", "verify", "status")
+DEFAULT_STATE_FILE: Final = "workload-identity-state.json"
+EXIT_UNVERIFIED: Final = 3
+
+Flag = Callable[..., None]
+"""webhook.cli._flag: a flag whose default comes from an environment variable."""
+
+
+class CloudUsageError(Exception):
+    """The command cannot run as given; the message says what to change."""
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _common(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    flag(
+        parser,
+        "--identities",
+        "WI_IDENTITIES",
+        "YAML file of WorkloadIdentity documents",
+    )
+    flag(
+        parser, "--issuer-url", "WI_ISSUER_URL", "the OIDC issuer URL the clouds trust"
+    )
+    flag(
+        parser, "--identity", "WI_IDENTITY", "only this identity (default: all of them)"
+    )
+    flag(
+        parser,
+        "--provider-setup",
+        "WI_PROVIDER_SETUP",
+        "automatic: create the OIDC provider or pool; manual: print what to create",
+        default=ProviderSetup.AUTOMATIC.value,
+        choices=[s.value for s in ProviderSetup],
+    )
+    flag(
+        parser,
+        "--jwks-file",
+        "WI_JWKS_FILE",
+        "GCP: upload this JWKS inline, for an issuer Google cannot reach "
+        "(`python -m webhook issuer jwks` prints it)",
+    )
+
+
+def _cloud_flags(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    flag(
+        parser,
+        "--aws-endpoint-url",
+        "WI_AWS_ENDPOINT_URL",
+        "AWS API endpoint (IAM and STS); default: the real AWS",
+    )
+    parser.add_argument(
+        "--thumbprint", action="append",
+        default=[t for t in os.environ.get("WI_OIDC_THUMBPRINTS", "").split(",") if t],
+        help="AWS: certificate thumbprint for the OIDC provider, optional, repeatable "
+        "[env WI_OIDC_THUMBPRINTS, comma separated]",
+    )  # fmt: skip
+    flag(
+        parser,
+        "--gcp-iam-url",
+        "WI_GCP_IAM_URL",
+        "Google IAM API base URL",
+        default="https://iam.googleapis.com",
+    )
+    flag(
+        parser,
+        "--gcp-resource-manager-url",
+        "WI_GCP_RESOURCE_MANAGER_URL",
+        "Google Cloud Resource Manager API base URL",
+        default="https://cloudresourcemanager.googleapis.com",
+    )
+
+
+def _state_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    flag(
+        parser,
+        "--state-file",
+        "WI_STATE_FILE",
+        "where install records what it installed (JSON, mode 0600)",
+        default=DEFAULT_STATE_FILE,
+    )
+
+
+def add_cloud_commands(commands: Any, flag: Flag) -> None:
+    """Register install, verify and status on `python -m webhook`'s subparsers."""
+    install = commands.add_parser(
+        "install",
+        help="create or update the cloud side of identities (provider, role, permissions)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(install, flag)
+    _cloud_flags(install, flag)
+    _state_flag(install, flag)
+    install.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=_env_true("WI_DRY_RUN"),
+        help="print every call install would make, make none [env WI_DRY_RUN]",
+    )
+    install.set_defaults(cloud_command=cmd_install)
+
+    check = commands.add_parser(
+        "verify",
+        help="check the cloud side of identities; changes nothing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(check, flag)
+    _cloud_flags(check, flag)
+    check.set_defaults(cloud_command=cmd_verify)
+
+    status = commands.add_parser(
+        "status",
+        help="installed, pending or failed, per identity, from the state file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(status, flag)
+    _state_flag(status, flag)
+    flag(
+        status,
+        "--output",
+        "WI_STATUS_OUTPUT",
+        "text or json",
+        default="text",
+        choices=["text", "json"],
+    )
+    status.set_defaults(cloud_command=cmd_status)
+
+
+# --- shared set-up ----------------------------------------------------------
+
+
+def _identities(args: argparse.Namespace, err: TextIO) -> tuple[list[Identity], int]:
+    """The identities to work on, and how many documents were invalid."""
+    if not args.identities:
+        raise CloudUsageError(
+            "no identities: pass --identities FILE (or set WI_IDENTITIES)"
+        )
+    loaded = load_identity_file(args.identities)
+    for error in loaded.errors:
+        err.write(f"error: {error}\n")
+    chosen = list(loaded.identities)
+    if args.identity:
+        chosen = [i for i in chosen if i.name == args.identity]
+        if not chosen:
+            raise CloudUsageError(
+                f"no valid identity named {args.identity} in {args.identities}"
+            )
+        return chosen, 0
+    return chosen, len(loaded.errors)
+
+
+def _jwks(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            body = json.load(stream)
+    except OSError as exc:
+        raise CloudUsageError(
+            f"cannot read --jwks-file {path}: {exc.strerror}"
+        ) from exc
+    except ValueError as exc:
+        raise CloudUsageError(f"--jwks-file {path} is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+        raise CloudUsageError(
+            f"--jwks-file {path} is not a JWKS (an object with a keys list); "
+            "`python -m webhook issuer jwks` prints one"
+        )
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def _options(args: argparse.Namespace) -> InstallOptions:
+    if not args.issuer_url:
+        raise CloudUsageError(
+            "no issuer URL: pass --issuer-url https://... (or set WI_ISSUER_URL)"
+        )
+    try:
+        setup = ProviderSetup(args.provider_setup)
+    except ValueError:
+        raise CloudUsageError(
+            f"--provider-setup {args.provider_setup!r}: use automatic or manual"
+        ) from None
+    return InstallOptions(
+        issuer_url=normalise_issuer(args.issuer_url),
+        setup=setup,
+        thumbprints=tuple(getattr(args, "thumbprint", None) or ()),
+        jwks_json=_jwks(args.jwks_file),
+    )
+
+
+def issuer_is_private(issuer_url: str) -> bool:
+    """An issuer on a loopback, private or cluster-internal address, which
+    neither AWS nor Google can fetch keys from."""
+    host = issuer_url.removeprefix("https://").split("/", 1)[0].rsplit(":", 1)[0]
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or host.endswith(
+            (".local", ".svc", ".internal", ".localhost")
+        )
+    return not address.is_global
+
+
+def issuer_warnings(
+    args: argparse.Namespace, options: InstallOptions, identities: Sequence[Identity]
+) -> list[str]:
+    if not issuer_is_private(options.issuer_url):
+        return []
+    warnings = []
+    providers = {identity.provider for identity in identities}
+    if Provider.AWS in providers and not args.aws_endpoint_url:
+        warnings.append(
+            f"warning: AWS cannot reach the issuer {options.issuer_url}: serve its discovery "
+            "document and JWKS on a public HTTPS URL, or token exchanges will fail"
+        )
+    if (
+        Provider.GCP in providers
+        and options.jwks_json is None
+        and args.gcp_iam_url.endswith("googleapis.com")
+    ):
+        warnings.append(
+            f"warning: Google cannot reach the issuer {options.issuer_url}: pass --jwks-file "
+            "to upload the JWKS inline, or serve the issuer publicly"
+        )
+    return warnings
+
+
+def _clouds(args: argparse.Namespace) -> Clouds:
+    def aws() -> CloudSide:
+        from webhook.cloud.aws import AwsCloud
+
+        return AwsCloud(endpoint_url=args.aws_endpoint_url or None)
+
+    def gcp() -> CloudSide:
+        from webhook.cloud.gcp import GcpCloud, authorized_session
+
+        return GcpCloud(
+            authorized_session(),
+            iam_url=args.gcp_iam_url,
+            resource_manager_url=args.gcp_resource_manager_url,
+        )
+
+    return Clouds({Provider.AWS: aws, Provider.GCP: gcp})
+
+
+# --- commands ---------------------------------------------------------------
+
+
+def cmd_install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    identities, invalid = _identities(args, err)
+    options = _options(args)
+    for warning in issuer_warnings(args, options, identities):
+        err.write(warning + "\n")
+    store = None if args.dry_run else LocalStateFile(args.state_file)
+    installer = Installer(options, _clouds(args), store, out, dry_run=args.dry_run)
+    outcomes = installer.run(identities)
+    failed = [o.identity for o in outcomes if not o.ok]
+    changed = [o.identity for o in outcomes if o.ok and o.changed]
+    if args.dry_run:
+        out.write(
+            f"\ndry run: {len(changed)} identit{'y' if len(changed) == 1 else 'ies'} "
+            f"would change, {len(failed)} cannot be installed; nothing was changed\n"
+        )
+    else:
+        out.write(
+            f"\n{len(outcomes) - len(failed)} installed ({len(changed)} changed), "
+            f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
+            f"recorded in {args.state_file}\n"
+        )
+    return 1 if failed or invalid else 0
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    identities, invalid = _identities(args, err)
+    options = _options(args)
+    worst = verify(identities, options, _clouds(args), out)
+    if worst is Check.WRONG or invalid:
+        return 1
+    if worst is Check.UNKNOWN:
+        out.write(
+            "\nsome checks could not be made (see UNKNOWN above); what could be read is right\n"
+        )
+        return EXIT_UNVERIFIED
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    identities, _ = _identities(args, err)
+    options = _options(args)
+    records = LocalStateFile(args.state_file).load()
+    found = statuses(identities, options, records)
+    known = {identity.name for identity in identities}
+    orphans = (
+        []
+        if args.identity
+        else [r for n, r in sorted(records.items()) if n not in known]
+    )
+    if args.output == "json":
+        body = {
+            "identities": [status.to_json() for status in found],
+            "removed": [record.identity for record in orphans],
+        }
+        out.write(json.dumps(body, indent=2) + "\n")
+        return 0
+    for line in render_status(found, orphans):
+        out.write(line + "\n")
+    return 0
+
+
+def run_cloud_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Run install, verify or status; errors are printed with what to do."""
+    try:
+        code: int = args.cloud_command(args, out, sys.stderr)
+    except (
+        CloudUsageError,
+        IdentityFileError,
+        IssuerConfigError,
+        StateFileError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CloudError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return code

@@ -1,0 +1,278 @@
+"""A WorkloadIdentity's `.status`: which permissions were last installed,
+whether the current spec is pending install, and conditions.
+
+`install` writes what it applied, `status` reads it, and the webhook writes the
+`Valid` condition. Fields (deploy/crd/workloadidentity.yaml):
+
+- `installedPermissionsHash`: `permissions_hash(spec.permissions)` as installed;
+  the spec is pending install while its own hash differs;
+- `installedGeneration`: the `metadata.generation` that install applied;
+- `installed`: whether the installed hash was the spec's when last written;
+- `observedGeneration`: the generation the status was last written for;
+- `conditions`: keyed by type; `lastTransitionTime` moves only when a
+  condition's status does.
+
+Writes go through the status subresource carrying the resourceVersion read, so
+two writers (two webhook replicas, or the webhook and `install`) never
+overwrite each other: the one that loses with 409 reads again and recomputes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from webhook.identities import IdentityError
+from webhook.kube import GROUP, PLURAL, VERSION, Kube, call_json
+
+CONDITION_VALID: Final = "Valid"
+"""True when the webhook serves the identity; False with the field at fault."""
+
+_MAX_MESSAGE: Final = 32_768
+"""The CRD's limit on a condition message."""
+
+WRITE_ATTEMPTS: Final = 5
+"""Conflicts (409) come from a concurrent writer; each retry reads afresh."""
+
+
+def permissions_hash(permissions: Mapping[str, Any] | None) -> str:
+    """A stable digest of `spec.permissions`: key order and spacing do not count."""
+    canonical = json.dumps(
+        permissions or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def timestamp(now: datetime.datetime | None = None) -> str:
+    """RFC 3339 in UTC with seconds, as Kubernetes writes metav1.Time."""
+    moment = now or datetime.datetime.now(datetime.UTC)
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: str
+    """"True", "False" or "Unknown"."""
+    reason: str
+    """CamelCase, for machines."""
+    message: str
+    """A sentence for people."""
+    observed_generation: int = 0
+
+    def matches(self, raw: Mapping[str, Any]) -> bool:
+        """Whether `raw` says the same; its lastTransitionTime is not compared."""
+        return (
+            raw.get("type") == self.type
+            and raw.get("status") == self.status
+            and raw.get("reason") == self.reason
+            and raw.get("message") == self.message[:_MAX_MESSAGE]
+            and raw.get("observedGeneration", 0) == self.observed_generation
+        )
+
+    def to_dict(self, last_transition: str) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message[:_MAX_MESSAGE],
+            "observedGeneration": self.observed_generation,
+            "lastTransitionTime": last_transition,
+        }
+
+
+def validity(error: IdentityError | None, generation: int) -> Condition:
+    """The `Valid` condition for an identity the webhook parsed."""
+    if error is None:
+        return Condition(
+            CONDITION_VALID, "True", "Accepted", "the webhook serves this identity",
+            generation,
+        )  # fmt: skip
+    return Condition(
+        CONDITION_VALID,
+        "False",
+        "InvalidSpec",
+        f"{error.field_path}: {error.message}; the webhook ignores this identity "
+        "until the field is fixed",
+        generation,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityStatus:
+    """The status of one identity as read, with what it implies."""
+
+    name: str
+    generation: int
+    permissions_hash: str
+    """Of the current `spec.permissions`."""
+    installed_generation: int | None
+    installed_permissions_hash: str | None
+    """None when install never ran for this identity."""
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def installed(self) -> bool:
+        """The permissions of the current spec are the ones installed."""
+        return self.installed_permissions_hash == self.permissions_hash
+
+    @property
+    def pending(self) -> bool:
+        """The current spec's permissions still have to be installed."""
+        return not self.installed
+
+    def condition(self, kind: str) -> Mapping[str, Any] | None:
+        return next((c for c in self.conditions if c.get("type") == kind), None)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def status_of(obj: Mapping[str, Any]) -> IdentityStatus:
+    """Read the status of a WorkloadIdentity object (a dict as the API serves it)."""
+    metadata = _mapping(obj.get("metadata"))
+    spec = _mapping(obj.get("spec"))
+    status = _mapping(obj.get("status"))
+    installed_hash = status.get("installedPermissionsHash")
+    conditions = status.get("conditions")
+    return IdentityStatus(
+        name=str(metadata.get("name", "")),
+        generation=_integer(metadata.get("generation")) or 0,
+        permissions_hash=permissions_hash(_mapping(spec.get("permissions"))),
+        installed_generation=_integer(status.get("installedGeneration")),
+        installed_permissions_hash=(
+            installed_hash
+            if isinstance(installed_hash, str) and installed_hash
+            else None
+        ),
+        conditions=tuple(
+            c
+            for c in (conditions if isinstance(conditions, list) else [])
+            if isinstance(c, Mapping)
+        ),
+    )
+
+
+def with_condition(
+    status: Mapping[str, Any],
+    condition: Condition,
+    *,
+    now: datetime.datetime | None = None,
+) -> dict[str, Any] | None:
+    """`status` with `condition` set, or None when it already says the same."""
+    conditions = [
+        dict(c) for c in status.get("conditions") or [] if isinstance(c, Mapping)
+    ]
+    for index, current in enumerate(conditions):
+        if current.get("type") != condition.type:
+            continue
+        if condition.matches(current):
+            return None
+        unchanged = current.get("status") == condition.status
+        since = current.get("lastTransitionTime") if unchanged else None
+        conditions[index] = condition.to_dict(since or timestamp(now))
+        break
+    else:
+        conditions.append(condition.to_dict(timestamp(now)))
+    return {**status, "conditions": conditions}
+
+
+def with_installed(
+    obj: Mapping[str, Any], *, generation: int, permissions: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The status of `obj` after install applied `permissions` of `generation`."""
+    current = status_of(obj)
+    installed_hash = permissions_hash(permissions)
+    return {
+        **_mapping(obj.get("status")),
+        "installed": installed_hash == current.permissions_hash,
+        "installedGeneration": generation,
+        "installedPermissionsHash": installed_hash,
+        "observedGeneration": current.generation,
+    }
+
+
+# --- on the API server ------------------------------------------------------
+
+StatusChange = Callable[[Mapping[str, Any]], dict[str, Any] | None]
+"""From the object as just read to its new status, or None to leave it."""
+
+
+async def get_identity(kube: Kube, name: str) -> dict[str, Any]:
+    """The WorkloadIdentity `name`; ApiException 404 when there is none."""
+    found: dict[str, Any] = await call_json(
+        kube.custom.get_cluster_custom_object,
+        GROUP,
+        VERSION,
+        PLURAL,
+        name,
+        request_timeout=kube.timeout,
+    )
+    return found
+
+
+async def read_identity_status(kube: Kube, name: str) -> IdentityStatus:
+    return status_of(await get_identity(kube, name))
+
+
+async def update_status(kube: Kube, name: str, change: StatusChange) -> bool:
+    """Read `name`, apply `change`, write the status back; True if written.
+
+    A 409 (someone wrote in between) reads again and reapplies `change`, up to
+    WRITE_ATTEMPTS times; other errors propagate.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        obj = await get_identity(kube, name)
+        status = change(obj)
+        if status is None:
+            return False
+        try:
+            await call_json(
+                kube.custom.replace_cluster_custom_object_status,
+                GROUP,
+                VERSION,
+                PLURAL,
+                name,
+                {**obj, "status": status},
+                request_timeout=kube.timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 409 and attempt < WRITE_ATTEMPTS:
+                continue
+            raise
+        return True
+
+
+async def record_installed(
+    kube: Kube, name: str, *, generation: int, permissions: Mapping[str, Any]
+) -> None:
+    """After install applied `permissions` read at `generation`: record them.
+
+    Pass what was installed, not the spec as it is now: if the spec changed in
+    the meantime, the identity then reads as pending, which it is.
+    """
+    await update_status(
+        kube,
+        name,
+        lambda obj: with_installed(obj, generation=generation, permissions=permissions),
+    )
+
+
+async def write_condition(kube: Kube, name: str, condition: Condition) -> bool:
+    """Set `condition` on `name`; False when the status already said so."""
+    return await update_status(
+        kube, name, lambda obj: with_condition(_mapping(obj.get("status")), condition)
+    )
