@@ -109,17 +109,17 @@ def identity_status(
         if record is not None and record.installed_hash
         else (record.installed_permissions_hash if record else "", permissions_hash)
     )
-    if record is not None and compared[0] == compared[1]:
+    if record is None or not compared[0]:
+        return IdentityStatus(
+            name, provider, InstallState.PENDING, "never installed: run install"
+        )
+    if compared[0] == compared[1]:
         return IdentityStatus(
             name,
             provider,
             InstallState.INSTALLED,
             f"generation {record.installed_generation} installed"
             + (f" at {record.installed_at}" if record.installed_at else ""),
-        )
-    if record is None or not compared[0]:
-        return IdentityStatus(
-            name, provider, InstallState.PENDING, "never installed: run install"
         )
     difference = (
         tuple(snapshot_difference(record.installed, snapshot))
