@@ -186,7 +186,8 @@ def _skip_list(annotations: Mapping[str, Any]) -> frozenset[str]:
 def _mount_conflict(container: Mapping[str, Any], volume: str) -> str | None:
     """A user mount at or below the token directory, which ours would shadow."""
     for mount in _as_list(container.get("volumeMounts")):
-        mount = _as_dict(mount)
+        if not isinstance(mount, dict):
+            continue
         where = _norm(mount.get("mountPath", ""))
         if mount.get("name") == volume and where == TOKEN_DIR:
             continue
@@ -212,8 +213,11 @@ def _container_env_ops(
     seen: set[str] = set()
     replaces: list[Op] = []
     removals: list[int] = []
-    for position, raw in enumerate(entries):
-        entry = _as_dict(raw)
+    for position, entry in enumerate(entries):
+        # Runs over every env entry of every container: no helper calls for
+        # the entries that are not ours to look at.
+        if not isinstance(entry, dict):
+            continue
         var = entry.get("name")
         if var not in MANAGED_VARIABLES or var in seen:
             continue

@@ -9,11 +9,17 @@ Op: TypeAlias = dict[str, Any]
 
 def escape(token: str) -> str:
     """RFC 6901: `~` becomes `~0` first, then `/` becomes `~1`."""
+    if "~" not in token and "/" not in token:
+        return token  # nearly every token: no copies made
     return token.replace("~", "~0").replace("/", "~1")
 
 
 def path(*tokens: str | int) -> str:
-    return "".join(f"/{escape(str(token))}" for token in tokens)
+    # Called for every operation of every patch: a list, not a generator, and
+    # indices need no escaping.
+    return "".join(
+        [f"/{escape(t)}" if isinstance(t, str) else f"/{t}" for t in tokens]
+    )
 
 
 def add(where: str, value: Any) -> Op:
