@@ -623,3 +623,42 @@ def test_a_misspelt_annotation_key_draws_a_warning() -> None:
     assert any(
         "workloadidentity.dev/tag " in w and "ignored" in w for w in admitted.warnings
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (
+            lambda r: (
+                r["request"]["object"]["metadata"]
+                .setdefault("annotations", {})
+                .update({"kubernetes.io/config.mirror": "abc"})
+            ),
+            "mirror pod",
+        ),
+        (
+            lambda r: r["request"].update({"namespace": "unlabelled"}),
+            "namespace without a project",
+        ),
+        (
+            lambda r: r["request"].update(
+                {"kind": {"group": "apps", "version": "v1", "kind": "Deployment"}}
+            ),
+            "another kind",
+        ),
+        (lambda r: r["request"].update({"operation": "UPDATE"}), "UPDATE"),
+        (
+            lambda r: r["request"].update({"operation": "DELETE", "object": None}),
+            "DELETE",
+        ),
+        (lambda r: r["request"].update({"operation": "CONNECT"}), "CONNECT"),
+    ],
+)
+def test_requests_the_webhook_must_not_mutate_are_allowed_untouched(
+    change: Any, why: str
+) -> None:
+    case = load_case("case-01")
+    review = copy.deepcopy(case["given"]["admission_review"])
+    change(review)
+    admitted = Webhook.for_case(case).admit(review)
+    assert admitted.response == {"uid": review["request"]["uid"], "allowed": True}, why
