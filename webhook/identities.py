@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-import yaml
-
 from oidc_tokens.claims import MAX_LIFETIME_SECONDS, MIN_LIFETIME_SECONDS
 from oidc_tokens.gcp import provider_audience
+from webhook.documents import DocumentFileError, read_documents
 
 API_VERSION: Final = "workloadidentity.dev/v1alpha1"
 KIND: Final = "WorkloadIdentity"
@@ -400,20 +399,10 @@ def parse_identities(documents: Iterable[Any]) -> LoadResult:
     )
 
 
-class IdentityFileError(ValueError):
+class IdentityFileError(DocumentFileError):
     """An identities file that cannot be read at all."""
 
 
 def load_identity_file(path: str) -> LoadResult:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            documents = list(yaml.safe_load_all(stream))
-    except OSError as exc:
-        raise IdentityFileError(
-            f"cannot read identities file {path}: {exc.strerror}"
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise IdentityFileError(
-            f"identities file {path} is not valid YAML: {exc}"
-        ) from exc
+    documents = read_documents(path, what="identities file", error=IdentityFileError)
     return parse_identities(documents)

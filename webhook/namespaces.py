@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import yaml
+from webhook.documents import DocumentFileError, read_documents
 
 PROJECT_LABEL: Final = "workloadidentity.dev/project"
 SYSTEM_NAMESPACES: Final = frozenset({"kube-system", "kube-public", "kube-node-lease"})
@@ -61,22 +61,12 @@ def namespaces_from_documents(
     return found
 
 
-class NamespaceFileError(ValueError):
+class NamespaceFileError(DocumentFileError):
     """A namespaces file that cannot be read."""
 
 
 def load_namespace_file(
     path: str, *, webhook_namespace: str
 ) -> dict[str, NamespaceInfo]:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            documents = list(yaml.safe_load_all(stream))
-    except OSError as exc:
-        raise NamespaceFileError(
-            f"cannot read namespaces file {path}: {exc.strerror}"
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise NamespaceFileError(
-            f"namespaces file {path} is not valid YAML: {exc}"
-        ) from exc
+    documents = read_documents(path, what="namespaces file", error=NamespaceFileError)
     return namespaces_from_documents(documents, webhook_namespace=webhook_namespace)

@@ -15,8 +15,10 @@ from webhook.cli import main
 from webhook.server import Services, create_app
 
 
-def write_case_files(tmp_path: Path, case_id: str) -> tuple[Path, Path, dict[str, Any]]:
-    case = load_case(case_id)
+def write_case_files(
+    tmp_path: Path, case_id: str, case: dict[str, Any] | None = None
+) -> tuple[Path, Path, dict[str, Any]]:
+    case = case or load_case(case_id)
     identities = tmp_path / "identities.yaml"
     identities.write_text(yaml.safe_dump_all(case["given"]["identities"]))
     namespaces = tmp_path / "namespaces.yaml"
@@ -114,9 +116,13 @@ def test_unreadable_and_malformed_files_are_reported_plainly(
 
 
 def explain(
-    tmp_path: Path, case_id: str, pod: dict[str, Any], *extra: str
+    tmp_path: Path,
+    case_id: str,
+    pod: dict[str, Any],
+    *extra: str,
+    case: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    identities, namespaces, _ = write_case_files(tmp_path, case_id)
+    identities, namespaces, _ = write_case_files(tmp_path, case_id, case)
     pod_file = tmp_path / "pod.yaml"
     pod_file.write_text(yaml.safe_dump(pod))
     code, printed = run(
@@ -181,27 +187,8 @@ def test_explain_never_matches_in_system_namespaces(
         case["given"]["namespaces"] = case["given"]["variant_mislabelled_namespaces"][
             "namespaces"
         ]
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(case))
-    identities = tmp_path / "identities.yaml"
-    identities.write_text(yaml.safe_dump_all(case["given"]["identities"]))
-    namespaces = tmp_path / "namespaces.yaml"
-    namespaces.write_text(yaml.safe_dump_all(case["given"]["namespaces"]))
-    pod_file = tmp_path / "pod.yaml"
-    pod_file.write_text(yaml.safe_dump(case["given"]["requests"][0]["object"]))
-    code, printed = run(
-        [
-            "explain",
-            "--identities",
-            str(identities),
-            "--namespaces",
-            str(namespaces),
-            "-o",
-            "json",
-            str(pod_file),
-        ]
-    )
-    result = json.loads(printed)
-    assert code == 0
+    pod = case["given"]["requests"][0]["object"]
+    result = explain(tmp_path, "case-20", pod, case=case)
     assert result["selection"] == {}
     [platform] = result["identities"]
     assert platform["matched"] is False
