@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 # promtool (from Debian's prometheus package) checks and unit-tests the alerts.
 promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || { \
 		echo "installing Debian's prometheus package for promtool"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 

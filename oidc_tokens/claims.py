@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -57,7 +57,7 @@ def build_claims(
         "iat": issued,
         "nbf": issued,
         "exp": now + lifetime_seconds,
-        "jti": jti or uuid.uuid4().hex,
+        "jti": jti or os.urandom(16).hex(),
         "workloadidentity.dev/identity": subject.identity,
         "workloadidentity.dev/project": subject.project,
         "kubernetes.io/namespace": subject.namespace,
@@ -84,7 +84,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         decoded = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise MalformedTokenError("the JWT payload is not base64url JSON") from exc
     if not isinstance(decoded, dict):
         raise MalformedTokenError("the JWT payload is not a JSON object")

@@ -7,8 +7,9 @@ import hashlib
 import json
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -38,10 +39,21 @@ def private_key_pem(key: SigningKey) -> bytes:
     )
 
 
-def load_private_key(pem: bytes, *, source: str = "key") -> SigningKey:
-    """Parse a PEM private key; RSA (RS256) and P-256 (ES256) are supported."""
+def load_private_key(
+    pem: bytes, *, source: str = "key", full_rsa_check: bool = True
+) -> SigningKey:
+    """Parse a PEM private key; RSA (RS256) and P-256 (ES256) are supported.
+
+    With `full_rsa_check=False`, one signature made and verified with the key
+    stands in for OpenSSL's check of the RSA parameters, whose primality tests
+    take 50 ms and more. That still refuses a key whose halves do not match,
+    and a sidecar, which loads its key as it starts, writes its first token
+    that much sooner.
+    """
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        key = serialization.load_pem_private_key(
+            pem, password=None, unsafe_skip_rsa_key_validation=not full_rsa_check
+        )
     except (ValueError, TypeError) as exc:
         raise KeyFileError(
             f"{source} is not an unencrypted PEM private key: "
@@ -50,12 +62,26 @@ def load_private_key(pem: bytes, *, source: str = "key") -> SigningKey:
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < 2048:
             raise KeyFileError(f"{source} is RSA-{key.key_size}; use 2048+ bits")
+        if not full_rsa_check:
+            _check_signs_verifiably(key, source=source)
         return key
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(
         key.curve, ec.SECP256R1
     ):
         return key
     raise KeyFileError(f"{source} must be an RSA (2048+) or EC P-256 private key")
+
+
+def _check_signs_verifiably(key: rsa.RSAPrivateKey, *, source: str) -> None:
+    probe = b"workload-identity key check"
+    try:
+        signature = key.sign(probe, padding.PKCS1v15(), hashes.SHA256())
+        key.public_key().verify(signature, probe, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError) as exc:
+        raise KeyFileError(
+            f"{source} is not a consistent RSA key (its signatures do not verify); "
+            "create one with `python -m webhook issuer keygen`"
+        ) from exc
 
 
 def load_public_key(pem: bytes, *, source: str = "key") -> PublicKey:

@@ -5,6 +5,8 @@ or asking the issuer service in `issuer` mode), writes it atomically into the
 shared memory volume, rewrites it before it expires, and serves `/readyz`,
 `/healthz` and `/metrics`. Run it with `python -m sidecar --help`.
 
-Only `sidecar.signer` touches cryptography and PyJWT, and only when it signs,
-so a sidecar in `issuer` mode never loads them.
+It runs in every pod, so it stays small: the standard library serves the
+probes and talks to the issuer, only `sidecar.signer` touches cryptography
+(in `key` mode, when it signs), and a sidecar in `key` mode, which makes no
+TLS connection, does not even load the ssl module (`sidecar.cli`).
 """

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from sidecar import logs, runtime, settings
+from sidecar import logs, settings
 from sidecar.config import Config, ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,33 @@ exit codes: 0 done or stopped by SIGTERM, 1 cannot start or --oneshot failed,
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, with the width worked out here: argparse would import
+    shutil for it, and shutil loads bz2 and lzma into every pod."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    # The order of shutil.get_terminal_size: $COLUMNS, the terminal, 80.
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.__stdout__ is None:
+        return 80
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (ValueError, OSError):
+        return 80
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sidecar",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     for name in settings.names():
         default = settings.default(name) or "empty"
@@ -100,7 +121,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         " (oneshot)" if config.oneshot else "",
         ", ".join(f"{p.provider} identity {p.identity}" for p in config.providers),
     )
+    if config.mode == "key":
+        _without_tls()
+    from sidecar import runtime  # after the line above, which it depends on
+
     return runtime.run(config)
+
+
+def _without_tls() -> None:
+    """Keep the ssl module out of a process that makes no TLS connection.
+
+    Key mode signs locally and serves plain HTTP, but asyncio imports ssl
+    whenever it can, to offer TLS; ssl brings OpenSSL's TLS library and about
+    1.3 MiB into every pod. A None in `sys.modules` is Python's way of saying
+    that a module is not available, and asyncio then goes without TLS.
+    """
+    if "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
 
 
 def _log_context(config: Config) -> dict[str, str]:

@@ -9,9 +9,9 @@ one, and a reader that has the old file open keeps reading the old content.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import tempfile
 from contextlib import suppress
 from pathlib import Path
 from typing import Final
@@ -27,20 +27,18 @@ class TokenDirError(OSError):
 
 def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
     """Replace `path` with `data`, readable under `mode`, in one rename."""
-    fd, temp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=_temp_prefix(path.name), suffix=_TEMP_SUFFIX
-    )
+    fd, temp_path = _create_temp(path.parent, _temp_prefix(path.name))
     try:
         with os.fdopen(fd, "wb") as temp:
             temp.write(data)
             temp.flush()
             os.fsync(temp.fileno())
-            # mkstemp creates 0600; the apps run as other users and must read.
+            # Created 0600; the apps run as other users and must read.
             os.fchmod(temp.fileno(), mode)
-        os.replace(temp_name, path)
+        os.replace(temp_path, path)
     except BaseException:
         with suppress(OSError):
-            Path(temp_name).unlink()
+            temp_path.unlink()
         raise
 
 
@@ -51,10 +49,11 @@ def ensure_writable_dir(directory: Path) -> None:
         "--token-dir / WI_TOKEN_DIR at a writable directory"
     )
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe.")
+        # Others may read and list, never add or replace (whatever the umask).
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd, probe = _create_temp(directory, ".probe.")
         os.close(fd)
-        Path(probe).unlink()
+        probe.unlink()
     except OSError as exc:
         raise TokenDirError(
             f"token directory {directory} is not writable by uid {os.getuid()} "
@@ -81,6 +80,22 @@ def read_text(path: Path) -> str | None:
         return path.read_text()
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _create_temp(directory: Path, prefix: str) -> tuple[int, Path]:
+    """A new empty file only this user can read, opened for writing.
+
+    What tempfile.mkstemp does; tempfile itself would load shutil, and with it
+    the bz2 and lzma libraries, into every pod.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    for _ in range(100):
+        path = directory / f"{prefix}{os.urandom(6).hex()}{_TEMP_SUFFIX}"
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", directory)
 
 
 def _temp_prefix(name: str) -> str:

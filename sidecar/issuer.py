@@ -8,21 +8,24 @@ a pod that may not use the identity, 503 when it cannot reach the API server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import aiohttp
-
 from oidc_tokens.claims import MalformedTokenError
-from sidecar.tokens import RefreshError, Token
+from sidecar import http_client
+from sidecar.tokens import FETCH_TIMEOUT_SECONDS, RefreshError, Token
 
 if TYPE_CHECKING:
     from sidecar.config import ProviderConfig
 
-REQUEST_TIMEOUT_SECONDS: Final = 10.0
-"""Per request; a slower issuer is treated as unreachable and retried."""
+REQUEST_TIMEOUT_SECONDS: Final = FETCH_TIMEOUT_SECONDS
+"""Connect, TLS handshake, request and answer together."""
+
+MAX_ANSWER_BYTES: Final = 65_536
+"""A token answer is a few kilobytes; anything longer is not one."""
 
 _MAX_ERROR_CHARS: Final = 200
 
@@ -35,24 +38,15 @@ def client_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
-def client_session(ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
-    # trust_env=False: the ServiceAccount token never goes through a proxy.
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ssl_context),
-        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
-        trust_env=False,
-    )
-
-
 class IssuerSource:
     """Tokens from the issuer service, paid for with the pod's SA token."""
 
     mode: Literal["issuer"] = "issuer"
 
     def __init__(
-        self, *, session: aiohttp.ClientSession, token_url: str, sa_token_file: Path
+        self, *, ssl_context: ssl.SSLContext, token_url: str, sa_token_file: Path
     ) -> None:
-        self._session = session
+        self._ssl_context = ssl_context
         self._token_url = token_url
         self._sa_token_file = sa_token_file
 
@@ -61,22 +55,32 @@ class IssuerSource:
         bearer = self._read_sa_token()
         body = {"provider": provider.provider, "identity": provider.identity}
         try:
-            async with self._session.post(
-                self._token_url,
-                json=body,
-                headers={"Authorization": f"Bearer {bearer}"},
-                # A redirect would carry the ServiceAccount token elsewhere.
-                allow_redirects=False,
-            ) as response:
-                status, payload = response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+                answer = await http_client.post(
+                    self._token_url,
+                    json.dumps(body).encode(),
+                    headers=[
+                        ("Content-Type", "application/json"),
+                        ("Authorization", f"Bearer {bearer}"),
+                    ],
+                    ssl_context=self._ssl_context,
+                    max_body=MAX_ANSWER_BYTES,
+                )
+        except (http_client.RequestError, TimeoutError) as exc:
+            detail = (
+                f"no answer within {REQUEST_TIMEOUT_SECONDS:g} s"
+                if isinstance(exc, TimeoutError)
+                else str(exc)
+            )
             raise RefreshError(
                 "issuer_unreachable",
-                f"cannot reach the issuer at {self._token_url}: {_describe(exc)}; "
+                f"cannot reach the issuer at {self._token_url}: {detail}; "
                 "check --issuer-token-url / WI_ISSUER_TOKEN_URL, the issuer's "
                 "Service and, for TLS errors, --issuer-ca-file / WI_ISSUER_CA_FILE",
             ) from exc
-        return token_from_answer(status, payload, provider=provider, now=now)
+        # A redirect is never followed: it would carry the ServiceAccount token
+        # elsewhere. token_from_answer refuses any status but 200.
+        return token_from_answer(answer.status, answer.body, provider=provider, now=now)
 
     def _read_sa_token(self) -> str:
         try:
@@ -93,6 +97,13 @@ class IssuerSource:
                 "signing",
                 f"the ServiceAccount token {self._sa_token_file} is empty "
                 "(--sa-token-file / WI_SA_TOKEN_FILE)",
+            )
+        if not (bearer.isascii() and bearer.isprintable()) or " " in bearer:
+            # It goes into a header line as it is.
+            raise RefreshError(
+                "signing",
+                f"the ServiceAccount token {self._sa_token_file} is not a single "
+                "token (--sa-token-file / WI_SA_TOKEN_FILE)",
             )
         return bearer
 
@@ -130,7 +141,8 @@ def _token_from_body(payload: bytes, *, what: str, now: float) -> Token:
     try:
         answer: Any = json.loads(payload)
         token = Token.parse(answer["token"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    # RecursionError: JSON nested too deep to parse is no answer either.
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         detail = str(exc) if isinstance(exc, MalformedTokenError) else "no JWT"
         raise RefreshError(
             "issuer_refused",
@@ -148,14 +160,8 @@ def _token_from_body(payload: bytes, *, what: str, now: float) -> Token:
 def _error_text(payload: bytes) -> str:
     try:
         error = json.loads(payload).get("error")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         error = None
     if not isinstance(error, str) or not error:
         return "no error message"
     return " ".join(error.split())[:_MAX_ERROR_CHARS]
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {REQUEST_TIMEOUT_SECONDS:g} s"
-    return str(exc) or type(exc).__name__

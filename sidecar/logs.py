@@ -10,8 +10,8 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Final, TextIO
 
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -42,9 +42,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": _iso_utc_millis(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -53,6 +51,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return redact(json.dumps(entry))
+
+
+def _iso_utc_millis(timestamp: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return f"{seconds}.{int(timestamp % 1 * 1000):03d}+00:00"
 
 
 def configure(
@@ -73,5 +76,3 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # Access logs would print a line per probe and per scrape.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
+from sidecar.prometheus import CollectorRegistry, Counter, Gauge, Histogram
 from sidecar.tokens import REASONS
 
 FETCH_BUCKETS: Final = (

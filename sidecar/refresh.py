@@ -17,7 +17,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -64,6 +63,16 @@ class ProviderState:
 
     def holds_valid_token(self, now: float) -> bool:
         return self.token is not None and self.token.expires_at > now
+
+    def lifetime(self) -> float:
+        """How long the token was good for when it arrived: retries are a share
+        of it. Shorter than `exp - iat`, which includes the backdated clock skew;
+        for a token from an earlier run, which arrived unseen, `exp - iat`.
+        """
+        if self.token is None:
+            return float(self.config.expiration_seconds)
+        arrived = max(self.received_at, self.token.issued_at)
+        return max(self.token.expires_at - arrived, 0.0)
 
 
 class Refresher:
@@ -237,7 +246,7 @@ class Refresher:
         token = state.token
         delay = schedule.retry_delay(
             failures=state.failures,
-            lifetime=token.lifetime if token else state.config.expiration_seconds,
+            lifetime=state.lifetime(),
             remaining=token.expires_at - now if token else None,
             jitter=self._jitter(),
         )
@@ -267,4 +276,5 @@ class Refresher:
 
 
 def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    """ISO 8601 in UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(timestamp))

@@ -5,28 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry
-
 from sidecar import files
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Config, IssuerMode, KeyMode
-from sidecar.issuer import (
-    REQUEST_TIMEOUT_SECONDS,
-    IssuerSource,
-    client_session,
-    client_ssl_context,
-)
 from sidecar.metrics import SidecarMetrics
+from sidecar.prometheus import CollectorRegistry
 from sidecar.refresh import Refresher
-from sidecar.server import ListenError, ProbeSettings, create_app, serve_probes
+from sidecar.server import ListenError, Probes, ProbeSettings, serve_probes
 from sidecar.signer import KeyFileSigner, KeySource
-from sidecar.tokens import TokenSource
+from sidecar.tokens import FETCH_TIMEOUT_SECONDS, TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +30,7 @@ class StartupError(Exception):
 
 def stall_after_seconds(tick_seconds: float) -> float:
     """Liveness fails after three missed ticks plus one slow issuer request."""
-    return 3 * tick_seconds + REQUEST_TIMEOUT_SECONDS + STALL_GRACE_SECONDS
+    return 3 * tick_seconds + FETCH_TIMEOUT_SECONDS + STALL_GRACE_SECONDS
 
 
 def run(config: Config) -> int:
@@ -99,7 +90,7 @@ async def run_until_stopped(
         async with token_source(config) as source:
             refresher = _refresher(config, source, registry, clock)
             refresher.adopt_files_on_disk()
-            app = create_app(
+            probes = Probes(
                 refresher=refresher,
                 registry=registry,
                 clock=clock,
@@ -110,7 +101,7 @@ async def run_until_stopped(
             )
             await _run_together(
                 refresher,
-                app,
+                probes,
                 host=config.listen_host,
                 port=config.listen_port,
                 stop=stop,
@@ -123,7 +114,7 @@ async def run_until_stopped(
 
 async def _run_together(
     refresher: Refresher,
-    app: web.Application,
+    probes: Probes,
     *,
     host: str,
     port: int,
@@ -136,7 +127,7 @@ async def _run_together(
             children = [
                 group.create_task(refresher.run(), name="refresh"),
                 group.create_task(
-                    serve_probes(app, host=host, port=port), name="probes"
+                    serve_probes(probes, host=host, port=port), name="probes"
                 ),
             ]
             await stop.wait()
@@ -157,9 +148,8 @@ async def token_source(config: Config) -> AsyncIterator[TokenSource]:
     )
     if isinstance(config.signing, KeyMode):
         yield _key_source(config.signing, config)
-        return
-    async with _issuer_source(config.signing) as source:
-        yield source
+    else:
+        yield _issuer_source(config.signing)
 
 
 def _key_source(signing: KeyMode, config: Config) -> TokenSource:
@@ -176,21 +166,22 @@ def _key_source(signing: KeyMode, config: Config) -> TokenSource:
     return KeySource(signer=signer, issuer=signing.issuer, pod=config.pod)
 
 
-@asynccontextmanager
-async def _issuer_source(signing: IssuerMode) -> AsyncIterator[TokenSource]:
+def _issuer_source(signing: IssuerMode) -> TokenSource:
+    # Imported here: a sidecar in key mode needs no TLS client.
+    from sidecar.issuer import IssuerSource, client_ssl_context
+
     try:
         context = client_ssl_context(signing.ca_file)
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError is one
         raise StartupError(
             f"cannot load the issuer CA bundle {signing.ca_file} ({exc}); mount a "
             "PEM bundle there or fix --issuer-ca-file / WI_ISSUER_CA_FILE"
         ) from exc
-    async with client_session(context) as session:
-        yield IssuerSource(
-            session=session,
-            token_url=signing.token_url,
-            sa_token_file=signing.sa_token_file,
-        )
+    return IssuerSource(
+        ssl_context=context,
+        token_url=signing.token_url,
+        sa_token_file=signing.sa_token_file,
+    )
 
 
 def _refresher(

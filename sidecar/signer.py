@@ -1,8 +1,8 @@
 """Key mode: sign tokens locally with a mounted PEM key.
 
-cryptography and PyJWT are imported inside the functions that need them, so
-that a sidecar in issuer mode, which imports this module's neighbours, never
-loads them.
+cryptography is imported inside the functions that need it, so that a
+sidecar in issuer mode, which imports this module's neighbours, never loads
+it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ class KeyFileSigner:
             if self._loaded is not None and self._loaded.stamp == stamp:
                 return self._loaded
             pem = file.read()
-        key = load_private_key(pem, source=f"key file {self.path}")
+        # A quick check of the key: the sidecar loads it as it starts.
+        key = load_private_key(
+            pem, source=f"key file {self.path}", full_rsa_check=False
+        )
         loaded = LoadedKey(stamp=stamp, key=key, kid=key_id(key))
         if self._loaded is not None:
             log.info(

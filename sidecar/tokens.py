@@ -28,6 +28,11 @@ REASONS: Final[tuple[Reason, ...]] = (
 """
 
 
+FETCH_TIMEOUT_SECONDS: Final = 10.0
+"""The longest one fetch may take: a slower issuer is treated as unreachable
+and retried, and liveness allows for one such fetch."""
+
+
 class RefreshError(Exception):
     """One failed refresh attempt, with the reason the failure metric counts.
 

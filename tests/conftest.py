@@ -1,7 +1,19 @@
-"""Suite-wide guards: nothing a test starts may reach a cloud or a metadata
-address, so the SDKs' fallbacks point at a closed loopback port."""
+"""Suite-wide guards.
 
+- Nothing a test starts may reach a cloud or a metadata address, so the SDKs'
+  fallbacks point at a closed loopback port.
+- No log record of any test may hold a token or a private key: every record
+  is checked as it is made (`tests/log_scan.py`), the product's own loggers
+  down to DEBUG, and a test that logged one fails.
+"""
+
+import logging
 import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.log_scan import LogScanner
 
 for name, value in {
     "AWS_EC2_METADATA_DISABLED": "true",
@@ -19,3 +31,30 @@ for name in (
     "AWS_PROFILE",
 ):
     os.environ.pop(name, None)
+
+PRODUCT_LOGGERS = ("webhook", "sidecar", "oidc_tokens")
+SCANNER = LogScanner()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    SCANNER.install()
+    # Debug lines are where a token would slip in unnoticed: make them all.
+    for name in PRODUCT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    SCANNER.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def no_secret_is_logged() -> Iterator[None]:
+    """Fail the test if any log record made while it ran held a secret."""
+    SCANNER.take()  # what came before belongs to no test
+    yield
+    found = SCANNER.take()
+    if found:
+        pytest.fail(
+            "log records held what looks like a secret:\n  " + "\n  ".join(found),
+            pytrace=False,
+        )

@@ -227,9 +227,10 @@ def decide(
         )
 
     # Select per provider, then compute the narrow patch towards it.
-    selection = index.select(namespace.project, pod_tags(annotations))
+    tags = pod_tags(annotations)
+    selection = index.select(namespace.project, tags)
     warnings = annotation_warnings(annotations)
-    unknown = sorted(pod_tags(annotations) - index.known_tags(namespace.project))
+    unknown = sorted(tags - index.known_tags(namespace.project))
     if unknown:
         warnings.append(
             f"tag(s) {unknown} are used by no WorkloadIdentity of project "
@@ -248,9 +249,10 @@ def decide(
         answer = allow(review, Outcome.UNCHANGED, warnings=mutation.warnings)
         answer.identities = identities
         return answer
-    encoded = base64.b64encode(
-        json.dumps(mutation.patch, separators=(",", ":")).encode()
-    )
+    # The patch is built from fresh objects and parsed JSON, so it holds no
+    # cycle: the encoder's cycle check would only cost time (~15%).
+    patch = json.dumps(mutation.patch, separators=(",", ":"), check_circular=False)
+    encoded = base64.b64encode(patch.encode())
     response: AdmissionResponse = {
         "uid": review.uid,
         "allowed": True,

@@ -6,6 +6,7 @@ the current snapshot without locks, since swapping a reference is atomic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Final
@@ -20,7 +21,10 @@ log = logging.getLogger(__name__)
 
 IDENTITIES: Final = "workloadidentities"
 NAMESPACES: Final = "namespaces"
-"""Resource names, as the API server and the cache_synced metric spell them."""
+PODS: Final = "pods"
+"""Resource names, as the API server and the cache_synced metric spell them.
+Pods are watched by the replica that reports drift only, and never count
+towards readiness."""
 
 
 class Cache:
@@ -31,6 +35,7 @@ class Cache:
         self.invalid: dict[str, IdentityError] = {}
         self.identities_synced = False
         self.namespaces_synced = False
+        self.pods_synced = False
 
     @property
     def ready(self) -> bool:
@@ -61,11 +66,26 @@ class Cache:
 
     def mark_unsynced(self, resource: str) -> None:
         """`resource` is no longer known to be current (its watch has not
-        recovered): the webhook reports not ready until it is listed again."""
+        recovered): the webhook reports not ready until it is listed again
+        (pods: drift is not reported until they are listed again)."""
         if resource == IDENTITIES:
             self.identities_synced = False
         elif resource == NAMESPACES:
             self.namespaces_synced = False
+        elif resource == PODS:
+            self.pods_synced = False
         else:
             raise ValueError(f"unknown resource {resource!r}")
         self.metrics.cache_synced.labels(resource).set(0)
+
+    def mark_pods_synced(self) -> None:
+        self.pods_synced = True
+        self.metrics.cache_synced.labels(PODS).set(1)
+
+    def forget_pods(self) -> None:
+        """This replica stopped watching pods (it no longer reports drift): the
+        pods series goes away rather than read 0, which would look like a
+        broken watch."""
+        self.pods_synced = False
+        with contextlib.suppress(KeyError):
+            self.metrics.cache_synced.remove(PODS)

@@ -1,4 +1,5 @@
-"""`python -m webhook`: serve, review, explain, issuer, install, verify, status, demo.
+"""`python -m webhook`: serve, review, explain, workloads, issuer, install, verify,
+status, demo.
 
 Every flag can also be set by the environment variable shown in its help.
 """
@@ -20,8 +21,23 @@ import yaml
 from webhook import admission, logs
 from webhook.cache import Cache
 from webhook.cli_cloud import CLOUD_COMMANDS, add_cloud_commands, run_cloud_command
+from webhook.cli_workloads import (
+    WORKLOADS_COMMAND,
+    DriftUsageError,
+    add_drift_flags,
+    add_workloads_command,
+    drift_settings,
+    run_workloads,
+)
 from webhook.identities import IdentityFileError, LoadResult, load_identity_file
-from webhook.issuer import IssuerConfigError, load_issuer, write_new_key
+from webhook.issuer import (
+    IssuerConfigError,
+    discovery_document,
+    load_issuer,
+    normalise_issuer,
+    public_jwks,
+    write_new_key,
+)
 from webhook.metrics import create_metrics
 from webhook.namespaces import (
     NamespaceFileError,
@@ -342,10 +358,11 @@ def cmd_issuer(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError(
             "pass --issuer-url https://... (the URL the clouds will fetch)"
         )
-    issuer = load_issuer(args.issuer_url, args.signing_key or [], args.public_key or [])
-    document = (
-        issuer.discovery() if args.issuer_command == "discovery" else issuer.jwks()
-    )
+    url = normalise_issuer(args.issuer_url)
+    if args.issuer_command == "discovery":
+        document = discovery_document(url)
+    else:
+        document = public_jwks(args.signing_key or [], args.public_key or [])
     out.write(json.dumps(document, indent=2) + "\n")
     return 0
 
@@ -411,6 +428,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             "--source kubernetes the webhook watches the API server: drop them"
         )
     watch = _watch_settings(args)
+    drift = drift_settings(args)
     cert, key, keys, issuer_url = _state_files(args, port)
     issuer = load_issuer(issuer_url, keys)
     cache = Cache(create_metrics())
@@ -430,6 +448,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 issuer=issuer,
                 webhook_namespace=args.webhook_namespace,
                 watch=watch,
+                drift=drift,
                 listen=args.listen,
                 metrics_listen=args.metrics_listen,
                 tls=tls,
@@ -508,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         "turns unready",
         default=str(WatchSettings().unready_after),
     )
+    add_drift_flags(serve, _flag)
     _flag(serve, "--listen", "WI_LISTEN", "HTTPS address", default="0.0.0.0:8443")
     _flag(
         serve,
@@ -582,7 +602,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep", action="store_true", help="keep the demo's temporary directory"
     )
+    add_workloads_command(commands, _flag)
     add_cloud_commands(commands, _flag)
+    # The logging flags also work after the command (`serve --log-level DEBUG`);
+    # SUPPRESS keeps a value given before the command when none comes after.
+    for command in commands.choices.values():
+        command.add_argument(
+            "--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        command.add_argument(
+            "--log-format",
+            default=argparse.SUPPRESS,
+            choices=["text", "json"],
+            help=argparse.SUPPRESS,
+        )
     return parser
 
 
@@ -596,6 +629,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         "explain": cmd_explain,
         "issuer": cmd_issuer,
     }
+    if args.command == WORKLOADS_COMMAND:
+        return run_workloads(args, out, sys.stderr)
     if args.command in CLOUD_COMMANDS:
         return run_cloud_command(args, out)
     try:
@@ -609,6 +644,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         IdentityFileError,
         NamespaceFileError,
         IssuerConfigError,
+        DriftUsageError,
         admission.MalformedReview,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """`serve --source kubernetes`: identities and namespaces watched on the API
-server, namespaces missing from the cache read from it, and the issuer's
-/token checked against it. Everything shares one cache with /mutate."""
+server, namespaces missing from the cache read from it, the issuer's /token
+checked against it, and the drift report run by the replica that holds its
+Lease. Everything shares one cache with /mutate."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from aiohttp import web
 from webhook.cache import Cache
 from webhook.issuer import Issuer
 from webhook.kube import Kube, connect, load_configuration
+from webhook.leader import LeaderElector
+from webhook.reconciler import DriftReconciler, DriftSettings
 from webhook.report import IdentityReporter
 from webhook.server import Services, json_route, serve
 from webhook.sidecar_spec import SidecarSettings
@@ -33,6 +36,41 @@ class ClusterSource:
     """The watches and the status reporter; they run until cancelled."""
     routes: list[web.RouteDef] = field(default_factory=list)
     """/token."""
+    reconciler: DriftReconciler | None = None
+    elector: LeaderElector | None = None
+    """The drift report and, with leader election, who runs it."""
+
+
+def drift_jobs(
+    kube: Kube,
+    cache: Cache,
+    *,
+    webhook_namespace: str,
+    watch: WatchSettings,
+    drift: DriftSettings,
+) -> tuple[DriftReconciler, LeaderElector | None, Job]:
+    """The drift reconciler, its elector (None without leader election), and
+    the background job that runs them."""
+    reconciler = DriftReconciler(
+        kube, cache, webhook_namespace=webhook_namespace, watch=watch, settings=drift
+    )
+    leader = cache.metrics.drift_leader
+
+    def on_change(leading: bool) -> None:
+        leader.set(1 if leading else 0)
+
+    if drift.leader_election:
+        elector = LeaderElector(kube, drift.lease, reconciler.run, on_change=on_change)
+        return reconciler, elector, elector.run
+
+    async def always() -> None:
+        on_change(True)
+        try:
+            await reconciler.run()
+        finally:
+            on_change(False)
+
+    return reconciler, None, always
 
 
 def cluster_source(
@@ -43,6 +81,7 @@ def cluster_source(
     issuer: Issuer,
     webhook_namespace: str,
     watch: WatchSettings,
+    drift: DriftSettings | None = None,
 ) -> ClusterSource:
     reporter = IdentityReporter(kube)
     services = Services(
@@ -60,11 +99,20 @@ def cluster_source(
         report=reporter,
     )
     token = TokenEndpoint(services, TokenReviewer(kube, audience=issuer.url))
+    background: list[Job] = [*(w.run for w in watches), reporter.run]
+    reconciler, elector = None, None
+    if drift is not None and drift.enabled:
+        reconciler, elector, job = drift_jobs(
+            kube, cache, webhook_namespace=webhook_namespace, watch=watch, drift=drift
+        )
+        background.append(job)
     return ClusterSource(
         services=services,
         watches=watches,
-        background=[*(w.run for w in watches), reporter.run],
+        background=background,
         routes=[json_route(TOKEN_PATH, token)],
+        reconciler=reconciler,
+        elector=elector,
     )
 
 
@@ -76,6 +124,7 @@ async def serve_from_cluster(
     issuer: Issuer,
     webhook_namespace: str,
     watch: WatchSettings,
+    drift: DriftSettings | None = None,
     listen: str,
     metrics_listen: str,
     tls: ReloadingContext,
@@ -90,6 +139,7 @@ async def serve_from_cluster(
             issuer=issuer,
             webhook_namespace=webhook_namespace,
             watch=watch,
+            drift=drift,
         )
         await serve(
             source.services,

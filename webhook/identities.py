@@ -195,7 +195,9 @@ def _restriction(
     if unknown:
         raise reader.fail(
             path,
-            f"unknown field(s) {sorted(unknown)}: expected restrict, names, matchAll",
+            # key=str: a YAML key need not be a string, and a mixed set sorts.
+            f"unknown field(s) {sorted(unknown, key=str)}: expected restrict, names, "
+            "matchAll",
         )
     return Restriction(
         restrict=reader.boolean(body, "restrict", path, default_restrict),
@@ -211,7 +213,8 @@ def _scope(reader: _Reader, raw: Any) -> Scope | None:
     unknown = set(body) - {"projects", "tags"}
     if unknown:
         raise reader.fail(
-            "spec.scope", f"unknown field(s) {sorted(unknown)}: expected projects, tags"
+            "spec.scope",
+            f"unknown field(s) {sorted(unknown, key=str)}: expected projects, tags",
         )
     projects = _restriction(
         reader, body.get("projects"), "spec.scope.projects", default_restrict=True

@@ -53,14 +53,7 @@ class Issuer:
         return key_id(self.signing_key)
 
     def discovery(self) -> dict[str, Any]:
-        return {
-            "issuer": self.url,
-            "jwks_uri": f"{self.url}{JWKS_PATH}",
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-            "claims_supported": ["sub", "aud", "iss", "iat", "exp", "nbf", "jti"],
-        }
+        return discovery_document(self.url)
 
     def jwks(self) -> dict[str, Any]:
         return jwks([self.signing_key, *self.published])
@@ -82,6 +75,34 @@ class Issuer:
             lifetime_seconds=lifetime_seconds,
         )
         return sign(claims, self.signing_key, kid=self.kid), int(claims["exp"])
+
+
+def discovery_document(url: str) -> dict[str, Any]:
+    """The OpenID discovery document; it names no key, so it needs none."""
+    return {
+        "issuer": url,
+        "jwks_uri": f"{url}{JWKS_PATH}",
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "claims_supported": ["sub", "aud", "iss", "iat", "exp", "nbf", "jti"],
+    }
+
+
+def public_jwks(
+    private_keys: Sequence[str], public_keys: Sequence[str]
+) -> dict[str, Any]:
+    """A JWKS from key files; public keys suffice, so a bucket's copy can be
+    made where the private key never goes."""
+    keys: list[SigningKey | PublicKey] = [
+        load_public_key(read_key_file(path), source=path)
+        for path in [*private_keys, *public_keys]
+    ]
+    if not keys:
+        raise IssuerConfigError(
+            "no key: pass --public-key FILE (or --signing-key FILE)"
+        )
+    return jwks(keys)
 
 
 def read_key_file(path: str) -> bytes:

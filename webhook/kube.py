@@ -70,6 +70,10 @@ class Kube:
     core: client.CoreV1Api
     custom: client.CustomObjectsApi
     authentication: client.AuthenticationV1Api
+    apps: client.AppsV1Api
+    coordination: client.CoordinationV1Api
+    api_client: client.ApiClient
+    """The connection pool behind them, for libraries that build their own."""
     timeout: float = DEFAULT_TIMEOUT_SECONDS
 
 
@@ -85,6 +89,9 @@ async def connect(
             core=client.CoreV1Api(api),
             custom=client.CustomObjectsApi(api),
             authentication=client.AuthenticationV1Api(api),
+            apps=client.AppsV1Api(api),
+            coordination=client.CoordinationV1Api(api),
+            api_client=api,
             timeout=request_timeout,
         )
 

@@ -25,11 +25,13 @@ class WebhookMetrics:
     namespace_cache_misses: Counter
     tokens_issued: Counter
     token_sign_duration: Histogram
+    drift_pods: Gauge
+    drift_leader: Gauge
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> WebhookMetrics:
     registry = registry or CollectorRegistry()
-    return WebhookMetrics(
+    metrics = WebhookMetrics(
         registry=registry,
         admission_requests=Counter(
             "workload_identity_admission_requests",
@@ -83,4 +85,23 @@ def create_metrics(registry: CollectorRegistry | None = None) -> WebhookMetrics:
             buckets=_ADMISSION_BUCKETS,
             registry=registry,
         ),
+        drift_pods=Gauge(
+            "workload_identity_drift_pods",
+            "Running pods whose identity differs from what the rules give them now, "
+            "by kind (missing, stale, orphaned) and identity; exported by the "
+            "replica that holds the drift lease only.",
+            ["kind", "identity"],
+            registry=registry,
+        ),
+        drift_leader=Gauge(
+            "workload_identity_drift_leader",
+            "1 while this replica holds the drift lease and reports drift.",
+            registry=registry,
+        ),
     )
+    # Every outcome exists from the start, so rates read 0 rather than "no
+    # data" on a replica that has not answered yet.
+    for outcome in ("mutated", "unchanged", "ignored", "refused", "error"):
+        for dry_run in ("true", "false"):
+            metrics.admission_requests.labels(outcome, dry_run)
+    return metrics

@@ -169,7 +169,8 @@ def _owned_value(name: str, recorded: Mapping[str, str]) -> str | None:
 def _pick_volume_name(spec: Mapping[str, Any], existing: _Existing) -> str:
     if existing.token_volume:
         return existing.token_volume
-    taken = {_as_dict(v).get("name") for v in _as_list(spec.get("volumes"))}
+    names = (_as_dict(v).get("name") for v in _as_list(spec.get("volumes")))
+    taken = {name for name in names if isinstance(name, str)}
     candidate, suffix = TOKEN_VOLUME, 1
     while {candidate, f"{candidate}-key", f"{candidate}-sa"} & taken:
         candidate, suffix = f"{TOKEN_VOLUME}-{suffix}", suffix + 1
@@ -219,7 +220,7 @@ def _container_env_ops(
         if not isinstance(entry, dict):
             continue
         var = entry.get("name")
-        if var not in MANAGED_VARIABLES or var in seen:
+        if not isinstance(var, str) or var not in MANAGED_VARIABLES or var in seen:
             continue
         seen.add(var)
         ours = "valueFrom" not in entry and entry.get("value") == _owned_value(
@@ -398,7 +399,11 @@ def _volume_ops(
     spec: Mapping[str, Any], wanted_volumes: Sequence[dict[str, Any]], owned: set[str]
 ) -> list[Op]:
     volumes = spec.get("volumes")
-    present = {_as_dict(v).get("name"): (i, v) for i, v in enumerate(_as_list(volumes))}
+    present = {
+        name: (i, v)
+        for i, v in enumerate(_as_list(volumes))
+        if isinstance(name := _as_dict(v).get("name"), str)
+    }
     wanted_names = {v["name"] for v in wanted_volumes}
     ops: list[Op] = []
     removals = sorted(
@@ -467,7 +472,7 @@ def mutate(
     # Each user container: env and the read-only token mount.
     for where, container in _user_containers(spec):
         name = container.get("name")
-        inject = active and name not in skip
+        inject = active and not (isinstance(name, str) and name in skip)
         conflict = _mount_conflict(container, volume) if inject else None
         if conflict:
             result.warnings.append(

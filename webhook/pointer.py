@@ -17,9 +17,7 @@ def escape(token: str) -> str:
 def path(*tokens: str | int) -> str:
     # Called for every operation of every patch: a list, not a generator, and
     # indices need no escaping.
-    return "".join(
-        [f"/{escape(t)}" if isinstance(t, str) else f"/{t}" for t in tokens]
-    )
+    return "".join([f"/{escape(t)}" if isinstance(t, str) else f"/{t}" for t in tokens])
 
 
 def add(where: str, value: Any) -> Op:

@@ -11,7 +11,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES: Final = 3 * 1024 * 1024
 """The API server's own request limit is 3 MiB; a larger body is no pod."""
+
+BODY_TIMEOUT_SECONDS: Final = 10.0
+"""A request body must arrive within this long. The API server sends a review
+at once and gives up after the webhook's timeoutSeconds (5 in deploy/, 30 at
+most); without a limit a client that stalls mid-body keeps its connection, and
+the TLS buffers behind it (about 300 KiB), for good."""
+
+IDLE_TIMEOUT_SECONDS: Final = 120.0
+"""A connection with no request in progress (idle between requests, or whose
+headers have not all arrived) is closed after this long; aiohttp's default is
+an hour. Longer than the API server keeps idle webhook connections (90 s), so
+it is never the webhook that closes a connection about to be reused."""
 
 
 class NamespaceLookup(Protocol):
@@ -60,6 +72,38 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
+
+
+class BodyRefused(Exception):
+    """A request body that is not read to the end: too large, or too slow."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def response(self) -> web.Response:
+        response = _error(self.status, str(self))
+        response.force_close()  # the rest of the body is never read
+        return response
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within MAX_BODY_BYTES and BODY_TIMEOUT_SECONDS."""
+    too_large = f"body larger than {MAX_BODY_BYTES} bytes"
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise BodyRefused(413, too_large)  # before buffering any of it
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyRefused(413, too_large) from None
+    except TimeoutError:
+        raise BodyRefused(
+            408,
+            f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s; send it "
+            "at once",
+        ) from None
 
 
 async def namespace_for(services: Services, name: str) -> NamespaceInfo | None:
@@ -101,7 +145,8 @@ async def answer_review(services: Services, body: Any) -> admission.Answer:
             "workload-identity could not decide on this pod because of an internal "
             "error; retry, and see the webhook's logs if it persists",
         )
-    log.debug("admission %s", admission.describe(answer, review))
+    if log.isEnabledFor(logging.DEBUG):  # describe() costs more than the check
+        log.debug("admission %s", admission.describe(answer, review))
     labels = (answer.outcome.value, "true" if review.dry_run else "false")
     services.metrics.admission_requests.labels(*labels).inc()
     return answer
@@ -115,15 +160,15 @@ async def mutate_handler(request: web.Request) -> web.Response:
             415, f"content type {request.content_type!r}: send application/json"
         )
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(
-            413, f"body larger than {MAX_BODY_BYTES} bytes: no pod is that large"
-        )
+        raw = await read_body(request)
+    except BodyRefused as refused:
+        return refused.response()
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _error(400, "the body is not valid JSON")
+    except RecursionError:
+        return _error(400, "the body is nested too deeply")
     try:
         answer = await answer_review(services, body)
     except admission.MalformedReview as exc:
@@ -149,9 +194,9 @@ def json_route(path: str, answer: JsonAnswer) -> web.RouteDef:
 
     async def handler(request: web.Request) -> web.Response:
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            raw = await read_body(request)
+        except BodyRefused as refused:
+            return refused.response()
         status, body = await answer(request.headers, raw)
         return _json(body, status)
 
@@ -222,12 +267,65 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+SHUTDOWN_TIMEOUT_SECONDS: Final = 10.0
+"""How long a stop waits for requests in flight (twice: to finish, then to
+close); well within the pod's terminationGracePeriodSeconds (30)."""
+
+
+class InFlight:
+    """Counts the requests being handled, so that a stop can let them finish.
+
+    aiohttp's own shutdown marks every connection closing at once and from
+    then on ignores what arrives on it, so a request whose body is still on
+    its way would never finish. A stop therefore first closes the listener,
+    waits here for the handlers to return, and only then lets aiohttp close
+    the connections. Answers given meanwhile carry `Connection: close`, so
+    clients take their next request elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.stopping = False
+
+    @web.middleware
+    async def middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        self.count += 1
+        self.idle.clear()
+        try:
+            response = await handler(request)
+            if self.stopping:
+                response.force_close()
+            return response
+        finally:
+            self.count -= 1
+            if not self.count:
+                self.idle.set()
+
+    async def drain(self) -> None:
+        """Return once no request is in flight; answers close their connection
+        from now on."""
+        self.stopping = True
+        await self.idle.wait()
+
+
 @contextlib.asynccontextmanager
 async def running_site(
     app: web.Application, listen: str, ssl: ReloadingContext | None
 ) -> AsyncIterator[web.AppRunner]:
+    in_flight = InFlight()
+    app.middlewares.append(in_flight.middleware)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=10
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        keepalive_timeout=IDLE_TIMEOUT_SECONDS,
     )
     await runner.setup()
     host, port = split_listen(listen)
@@ -236,6 +334,10 @@ async def running_site(
     try:
         yield runner
     finally:
+        await site.stop()  # new connections are refused from here on
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_SECONDS):
+                await in_flight.drain()
         await runner.cleanup()
 
 

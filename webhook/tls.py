@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import ssl
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -49,7 +50,9 @@ def write_self_signed(cert_path: str, key_path: str, *, hosts: list[str]) -> Non
                 serialization.NoEncryption(),
             )
         )
-    with open(cert_path, "wb") as stream:
+    # Public, but only its owner may replace it, whatever the umask.
+    descriptor = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(descriptor, "wb") as stream:
         stream.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -58,9 +61,16 @@ def _stamp(path: str) -> tuple[int, int, int]:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
+MODERN_TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""TLS 1.2 with forward secrecy and AEAD only (Mozilla's "intermediate"); the
+CBC suites OpenSSL would also offer are left out. TLS 1.3 suites are all
+modern and unaffected."""
+
+
 def _server_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(MODERN_TLS12_CIPHERS)
     return context
 
 

@@ -87,6 +87,8 @@ def parse_token_request(body: bytes) -> TokenRequest:
         decoded = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadTokenRequest("the body is not JSON") from None
+    except RecursionError:
+        raise BadTokenRequest("the body is nested too deeply") from None
     if not isinstance(decoded, dict):
         raise BadTokenRequest("the body is not a JSON object")
     provider, identity = decoded.get("provider"), decoded.get("identity")

@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 ListCall = Callable[..., Awaitable[Any]]
 """A kubernetes-asyncio list method, which also watches with `watch=True`."""
 
+Trim = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""Keeps only the fields a store reads, for resources with large objects."""
+
 CHANGES: Final = frozenset({"ADDED", "MODIFIED", "DELETED"})
 
 
@@ -271,9 +274,16 @@ class Reflector:
         settings: WatchSettings,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        page_size: int = 0,
+        trim: Trim | None = None,
     ) -> None:
         self._store = store
         self._list_call = list_call
+        self._page_size = page_size
+        """List in pages of this many objects (0: in one request)."""
+        self._trim = trim
+        """Applied to each listed object as its page arrives, so that a large
+        list is never held whole in memory."""
         self._cache = cache
         self._settings = settings
         self._clock = clock
@@ -327,19 +337,37 @@ class Reflector:
                     await self._recover(None, "dropped")
 
     async def _list(self) -> None:
-        body = await call_json(
-            self._list_call, request_timeout=self._settings.list_timeout
-        )
-        metadata = body.get("metadata") if isinstance(body, dict) else None
-        version = (
-            metadata.get("resourceVersion") if isinstance(metadata, dict) else None
-        )
-        items = body.get("items") if isinstance(body, dict) else None
-        if not isinstance(version, str) or not isinstance(items, list):
-            raise WatchStreamError(
-                f"the {self.resource} list has no resourceVersion or items"
+        """One consistent list, in pages when page_size is set: every page of
+        it is served at the resourceVersion of the first (a continue token
+        that expired meanwhile answers 410, and the list starts over)."""
+        objects: list[Mapping[str, Any]] = []
+        version: str | None = None
+        token = ""
+        while True:
+            paging: dict[str, Any] = (
+                {"limit": self._page_size} if self._page_size else {}
             )
-        self._store.replace([i for i in items if isinstance(i, Mapping)])
+            if token:
+                paging["_continue"] = token
+            body = await call_json(
+                self._list_call,
+                request_timeout=self._settings.list_timeout,
+                **paging,
+            )
+            metadata = body.get("metadata") if isinstance(body, dict) else None
+            metadata = metadata if isinstance(metadata, dict) else {}
+            items = body.get("items") if isinstance(body, dict) else None
+            version = version or metadata.get("resourceVersion")
+            if not isinstance(version, str) or not isinstance(items, list):
+                raise WatchStreamError(
+                    f"the {self.resource} list has no resourceVersion or items"
+                )
+            trim = self._trim
+            objects += [trim(i) if trim else i for i in items if isinstance(i, Mapping)]
+            token = metadata.get("continue") or ""
+            if not self._page_size or not isinstance(token, str) or not token:
+                break
+        self._store.replace(objects)
         self._contact()
         level = logging.INFO if self._stale else logging.DEBUG
         log.log(level, "%s cache synced at resourceVersion %s", self.resource, version)
@@ -381,7 +409,7 @@ class Reflector:
         self._backoff.reset()
         change = event.get("type")
         if change in CHANGES:
-            self._store.apply(str(change), obj)
+            self._store.apply(str(change), self._trim(obj) if self._trim else obj)
         elif change != "BOOKMARK":
             log.debug("%s: ignored a %s event", self.resource, change)
         metadata = obj.get("metadata")

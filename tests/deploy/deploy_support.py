@@ -1,4 +1,5 @@
-"""Helpers for the deploy/ tests: paths, rendering, lookups and metric names.
+"""Helpers for the deploy/ tests: paths, rendering, lookups, metric names and
+Dockerfile parsing.
 
 A module of its own rather than conftest.py, so that test modules import it
 under a name that no other test directory uses.
@@ -9,9 +10,11 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +202,58 @@ def selects(selector: Obj, labels: dict[str, str]) -> bool:
         if not ok:
             return False
     return True
+
+
+# --- Dockerfiles ------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One stage of a Dockerfile: its base and its instructions in order."""
+
+    base: str
+    name: str | None
+    steps: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, instruction: str) -> list[str]:
+        return [args for kind, args in self.steps if kind == instruction]
+
+
+def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages, with continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            words = rest.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=words[0], name=name))
+        elif not stages and instruction == "ARG":
+            key, _, value = rest.partition("=")
+            args[key] = value
+        else:
+            stages[-1].steps.append((instruction, rest.strip()))
+    return args, stages
+
+
+def resolve_args(base: str, args: dict[str, str]) -> str:
+    """A FROM line's image with the global ARGs substituted."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: args[m.group(1)], base)
+
+
+def copied_sources(stage: Stage) -> set[str]:
+    """The first path component of every COPY source taken from the context."""
+    found = set()
+    for args in stage.all("COPY"):
+        words = shlex.split(args)
+        if any(w.startswith("--from") for w in words):
+            continue
+        sources = [w for w in words[:-1] if not w.startswith("--")]
+        found |= {s.strip("/").split("/")[0] for s in sources}
+    return found

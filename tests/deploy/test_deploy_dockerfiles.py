@@ -12,63 +12,22 @@ import shlex
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from deploy_support import REPO, pod_templates, render, webhook_deployment
+from deploy_support import (
+    REPO,
+    Stage,
+    copied_sources,
+    parse_dockerfile,
+    pod_templates,
+    render,
+    resolve_args,
+    webhook_deployment,
+)
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PACKAGES = {"webhook", "sidecar", "oidc_tokens"}
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    steps: list[tuple[str, str]] = field(default_factory=list)
-
-    def all(self, instruction: str) -> list[str]:
-        return [args for kind, args in self.steps if kind == instruction]
-
-
-def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
-    """Global ARG defaults and the stages, with continuation lines joined."""
-    text = re.sub(r"\\\n", " ", path.read_text())
-    args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, rest = line.partition(" ")
-        instruction = instruction.upper()
-        if instruction == "FROM":
-            words = rest.split()
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], name=name))
-        elif not stages and instruction == "ARG":
-            key, _, value = rest.partition("=")
-            args[key] = value
-        else:
-            stages[-1].steps.append((instruction, rest.strip()))
-    return args, stages
-
-
-def resolve(base: str, args: dict[str, str]) -> str:
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: args[m.group(1)], base)
-
-
-def copied_sources(stage: Stage) -> set[str]:
-    """The first path component of every COPY source taken from the context."""
-    found = set()
-    for args in stage.all("COPY"):
-        words = shlex.split(args)
-        if any(w.startswith("--from") for w in words):
-            continue
-        sources = [w for w in words[:-1] if not w.startswith("--")]
-        found |= {s.strip("/").split("/")[0] for s in sources}
-    return found
 
 
 IMAGES = {
@@ -82,7 +41,7 @@ def dockerfile(
     request: pytest.FixtureRequest,
 ) -> tuple[str, dict[str, str], list[Stage]]:
     name: str = request.param
-    args, stages = parse(REPO / name)
+    args, stages = parse_dockerfile(REPO / name)
     return name, args, stages
 
 
@@ -92,7 +51,7 @@ def test_multi_stage_from_python_slim(
     _, args, stages = dockerfile
     assert len(stages) >= 2
     for stage in stages:
-        assert resolve(stage.base, args) == "python:3.11-slim"
+        assert resolve_args(stage.base, args) == "python:3.11-slim"
 
 
 def test_dependencies_are_installed_before_the_source_is_copied(
@@ -127,7 +86,7 @@ def test_final_stage_copies_the_venv_and_only_its_packages(
 
 def test_sidecar_image_never_contains_the_webhook() -> None:
     text = (REPO / "Dockerfile.sidecar").read_text()
-    _, stages = parse(REPO / "Dockerfile.sidecar")
+    _, stages = parse_dockerfile(REPO / "Dockerfile.sidecar")
     assert all("webhook" not in copied_sources(stage) for stage in stages)
     assert "['optional-dependencies']['sidecar']" in text
 
@@ -168,7 +127,7 @@ def test_requirements_step_lists_what_pyproject_pins(
     name: str, expected: list[str], tmp_path: Path
 ) -> None:
     """Runs the build stage's `python -c` against pyproject.toml."""
-    _, stages = parse(REPO / name)
+    _, stages = parse_dockerfile(REPO / name)
     run = next(
         args for kind, args in stages[0].steps if kind == "RUN" and "tomllib" in args
     )

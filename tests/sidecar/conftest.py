@@ -6,6 +6,8 @@ import asyncio
 import os
 import shutil
 import ssl
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,12 +25,14 @@ from sidecar.refresh import Refresher
 from sidecar.signer import KeyFileSigner, KeySource
 from sidecar.tokens import TokenSource
 from tests.sidecar.sidecar_helpers import (
+    REPO_ROOT,
     FakeClock,
     FakeIssuer,
     Harness,
     TlsFiles,
     key_mode_settings,
     make_tls_files,
+    subprocess_env,
 )
 
 
@@ -161,3 +165,34 @@ async def fake_issuer(
     server = await aiohttp_server(app, ssl=server_ssl_context)
     issuer.url = f"https://127.0.0.1:{server.port}/token"
     return issuer
+
+
+@pytest.fixture
+def started(python_processes: list[subprocess.Popen[bytes]]) -> Any:
+    """Start `python -m sidecar` with stderr in a file; killed at teardown."""
+
+    def start(
+        stderr_file: Path, *, python_flags: tuple[str, ...] = (), **settings: str
+    ) -> subprocess.Popen[bytes]:
+        with stderr_file.open("wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, *python_flags, "-m", "sidecar"],
+                cwd=REPO_ROOT,
+                env=subprocess_env(**settings),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        python_processes.append(process)
+        return process
+
+    return start
+
+
+@pytest.fixture
+def python_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

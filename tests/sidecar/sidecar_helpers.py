@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import json
 import os
 import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
-from oidc_tokens.claims import Subject, build_claims
+from oidc_tokens.claims import Subject, build_claims, unverified_claims
 from oidc_tokens.keys import load_private_key, private_key_pem
 from oidc_tokens.signing import sign
-from sidecar.config import Config
+from sidecar.config import Config, KeyMode, ProviderConfig
 from sidecar.refresh import ProviderState, Refresher
 from sidecar.settings import Settings
+from sidecar.signer import KeyFileSigner, KeySource
+from sidecar.tokens import RefreshError, Token, TokenSource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://oidc.example.test"
@@ -137,6 +142,47 @@ class Harness:
         self.clock.advance(self.config.tick_seconds if seconds is None else seconds)
 
 
+async def run_loop_until(harness: Harness, wall_time: float) -> None:
+    """Run the real loop on virtual time until the wall clock reaches `wall_time`."""
+    reached = harness.clock.alarm(wall_time)
+    task = asyncio.create_task(harness.refresher.run())
+    try:
+        await reached.wait()
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+class SwitchableSource:
+    """Wraps a source; while `failing`, every fetch fails as the signer is down."""
+
+    def __init__(self, inner: TokenSource) -> None:
+        self.inner = inner
+        self.mode = inner.mode
+        self.failing = False
+        self.fetched_at: list[float] = []
+
+    async def fetch(self, provider: ProviderConfig, *, now: float) -> Token:
+        self.fetched_at.append(now)
+        if self.failing:
+            raise RefreshError("signing", "the signer is down")
+        return await self.inner.fetch(provider, now=now)
+
+
+def key_source(config: Config) -> KeySource:
+    assert isinstance(config.signing, KeyMode)
+    return KeySource(
+        signer=KeyFileSigner(config.signing.key_file),
+        issuer=config.signing.issuer,
+        pod=config.pod,
+    )
+
+
+def file_claims(path: Path) -> dict[str, Any]:
+    return unverified_claims(path.read_text())
+
+
 # --- files --------------------------------------------------------------------
 
 
@@ -181,6 +227,9 @@ class TlsFiles:
     cert: Path
     key: Path
     other_ca: Path
+    other_name_cert: Path
+    """Signed by `ca`, for issuer.test only: not for 127.0.0.1."""
+    other_name_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -218,25 +267,22 @@ def _ca(now: dt.datetime) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     return key, cert
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key, ca_cert = _ca(now)
-    _, other_ca = _ca(now)
-    server_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    names = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    server_cert = (
+def _server_cert(
+    ca_key: rsa.RSAPrivateKey,
+    ca_cert: x509.Certificate,
+    names: Sequence[x509.GeneralName],
+    now: dt.datetime,
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
         x509.CertificateBuilder()
         .subject_name(_name("issuer.test"))
         .issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key())
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
@@ -246,16 +292,38 @@ def make_tls_files(directory: Path) -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return key, cert
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A CA, a server certificate for 127.0.0.1 signed by it, one for another
+    name, and an unrelated CA."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, ca_cert = _ca(now)
+    _, other_ca = _ca(now)
+    local = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    server_key, server_cert = _server_cert(ca_key, ca_cert, local, now)
+    elsewhere = [x509.DNSName("issuer.test")]
+    other_key, other_cert = _server_cert(ca_key, ca_cert, elsewhere, now)
     files = TlsFiles(
         ca=directory / "ca.pem",
         cert=directory / "server.pem",
         key=directory / "server.key",
         other_ca=directory / "other-ca.pem",
+        other_name_cert=directory / "other-name.pem",
+        other_name_key=directory / "other-name.key",
     )
     files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.other_ca.write_bytes(other_ca.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     files.key.write_bytes(private_key_pem(server_key))
+    files.other_name_cert.write_bytes(
+        other_cert.public_bytes(serialization.Encoding.PEM)
+    )
+    files.other_name_key.write_bytes(private_key_pem(other_key))
     return files
 
 
@@ -338,3 +406,54 @@ def wait_for(condition: Any, *, timeout: float, interval: float = 0.05) -> Any:
             return result
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+# --- raw HTTP/1.1 against the probe server ------------------------------------
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    """Names in lower case."""
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_response(data: bytes) -> RawResponse:
+    """One whole response, as read up to the server's close."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    assert separator, f"no complete head in {data[:80]!r}"
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    version, code, _ = status_line.split(" ", 2)
+    assert version == "HTTP/1.1"
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip()
+    return RawResponse(int(code), headers, body)
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send `request` as it is and read everything until the server closes
+    (within 5 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def get(
+    port: int, path: str, *, headers: dict[str, str] | None = None
+) -> RawResponse:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "User-Agent: test"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return parse_response(
+        await exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Callable
@@ -12,60 +11,21 @@ import pytest
 
 from oidc_tokens.claims import CLOCK_SKEW_SECONDS, unverified_claims
 from sidecar import schedule
-from sidecar.config import Config, KeyMode, ProviderConfig
-from sidecar.signer import KeyFileSigner, KeySource
-from sidecar.tokens import RefreshError, Token, TokenSource
+from sidecar.config import Config
 from tests.sidecar.sidecar_helpers import (
     GCP_AUDIENCE,
     FakeClock,
     Harness,
+    SwitchableSource,
     break_key,
+    file_claims,
+    key_source,
     restore_key,
+    run_loop_until,
     signed_token,
 )
 
 MakeHarness = Callable[..., Harness]
-
-
-class SwitchableSource:
-    """Wraps a source; while `failing`, every fetch fails as the signer is down."""
-
-    def __init__(self, inner: TokenSource) -> None:
-        self.inner = inner
-        self.mode = inner.mode
-        self.failing = False
-        self.fetched_at: list[float] = []
-
-    async def fetch(self, provider: ProviderConfig, *, now: float) -> Token:
-        self.fetched_at.append(now)
-        if self.failing:
-            raise RefreshError("signing", "the signer is down")
-        return await self.inner.fetch(provider, now=now)
-
-
-def key_source(config: Config) -> KeySource:
-    assert isinstance(config.signing, KeyMode)
-    return KeySource(
-        signer=KeyFileSigner(config.signing.key_file),
-        issuer=config.signing.issuer,
-        pod=config.pod,
-    )
-
-
-def file_claims(path: Path) -> dict[str, int]:
-    return unverified_claims(path.read_text())
-
-
-async def run_loop_until(harness: Harness, wall_time: float) -> None:
-    """Run the real loop on virtual time until the wall clock reaches `wall_time`."""
-    reached = harness.clock.alarm(wall_time)
-    task = asyncio.create_task(harness.refresher.run())
-    try:
-        await reached.wait()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_the_first_tick_writes_the_token_file(

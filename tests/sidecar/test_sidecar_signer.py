@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from oidc_tokens import keys
 from oidc_tokens.claims import CLOCK_SKEW_SECONDS
@@ -115,10 +117,10 @@ def count_key_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     loads: list[str] = []
     real = keys.load_private_key
 
-    def counting(pem: bytes, *, source: str = "key") -> keys.SigningKey:
+    def counting(pem: bytes, *, source: str = "key", **checks: bool) -> keys.SigningKey:
         if source.startswith("key file"):
             loads.append(source)
-        return real(pem, source=source)
+        return real(pem, source=source, **checks)
 
     monkeypatch.setattr(keys, "load_private_key", counting)
     return loads
@@ -204,3 +206,46 @@ async def test_a_key_file_that_is_not_a_key_is_a_signing_failure(
 def test_token_repr_never_shows_the_jwt() -> None:
     token = Token(value="eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl", issued_at=1, expires_at=2)
     assert "eyJ" not in repr(token)
+
+
+def inconsistent_rsa_pem(pem: bytes) -> bytes:
+    """An RSA key whose private exponents do not belong to its modulus."""
+    key = keys.load_private_key(pem)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    numbers = key.private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        p=numbers.p,
+        q=numbers.q,
+        d=numbers.d + 2,
+        dmp1=numbers.dmp1 + 2,
+        dmq1=numbers.dmq1 + 2,
+        iqmp=numbers.iqmp,
+        public_numbers=numbers.public_numbers,
+    )
+    return keys.private_key_pem(broken.private_key(unsafe_skip_rsa_key_validation=True))
+
+
+async def test_a_key_whose_signatures_would_not_verify_is_refused(
+    tmp_path: Path, rsa_pem: bytes
+) -> None:
+    """The sidecar skips OpenSSL's slow check of the RSA parameters at start,
+    and checks with one signature instead that the key's halves match."""
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(inconsistent_rsa_pem(rsa_pem))
+    with pytest.raises(RefreshError) as caught:
+        await source_for(key_file).fetch(aws(), now=START)
+    assert caught.value.reason == "signing"
+    assert "not a consistent RSA key" in str(caught.value)
+    assert "--key-file / WI_KEY_FILE" in str(caught.value)
+
+
+def test_the_quick_check_costs_a_fraction_of_the_full_one(rsa_pem: bytes) -> None:
+    def best_of_three(**checks: bool) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            keys.load_private_key(rsa_pem, **checks)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    assert best_of_three(full_rsa_check=False) < best_of_three() / 3

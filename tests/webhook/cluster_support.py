@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestClient
 from tests.webhook.fake_kube import IDENTITIES, FakeKube, Obj, eventually
 from webhook.cache import Cache
 from webhook.cluster import ClusterSource
+from webhook.leader import LeaseSettings
+from webhook.reconciler import DriftSettings
 from webhook.watch import Reflector, WatchSettings
 
 FAST = WatchSettings(
@@ -30,6 +32,30 @@ FAST = WatchSettings(
 """Retries within tens of milliseconds, unready after 0.3 s of failures."""
 
 PROJECT_LABEL = "workloadidentity.dev/project"
+WEBHOOK_NAMESPACE = "workload-identity-system"
+
+FAST_DRIFT = DriftSettings(interval=0.05, leader_election=False, page_size=2)
+"""A drift pass every 50 ms, by this replica alone; pods listed two a page."""
+
+
+def fast_lease(identity: str, *, release: bool = True) -> LeaseSettings:
+    """A short Lease: it lasts 3 s and is renewed every second (the shortest
+    period kubernetes-asyncio's election accepts), with room for a busy
+    machine between renewals."""
+    return LeaseSettings(
+        namespace=WEBHOOK_NAMESPACE,
+        identity=identity,
+        lease_duration=3,
+        renew_deadline=2.5,
+        retry_period=1.0,
+        release_on_cancel=release,
+    )
+
+
+def elected_drift(identity: str, *, release: bool = True) -> DriftSettings:
+    return DriftSettings(
+        interval=0.05, lease=fast_lease(identity, release=release), page_size=2
+    )
 
 
 def aws_identity(
@@ -130,3 +156,17 @@ class Cluster:
 def metric(cache: Cache, name: str, **labels: str) -> float:
     value = cache.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+def drift_gauge(cache: Cache) -> dict[tuple[str, str], float]:
+    """workload_identity_drift_pods as {(kind, identity): pods}."""
+    return {
+        (sample.labels["kind"], sample.labels["identity"]): sample.value
+        for family in cache.metrics.registry.collect()
+        if family.name == "workload_identity_drift_pods"
+        for sample in family.samples
+    }
+
+
+def owner_ref(kind: str, name: str, uid: str, api_version: str = "apps/v1") -> Obj:
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid}

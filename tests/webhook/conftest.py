@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -8,15 +8,16 @@ import pytest
 
 from oidc_tokens.keys import generate_rsa_key, private_key_pem
 from tests.webhook.casefiles import load_case
-from tests.webhook.cluster_support import FAST, Cluster
+from tests.webhook.cluster_support import FAST, FAST_DRIFT, Cluster
 from tests.webhook.fake_kube import FakeKube
 from webhook.cache import Cache
-from webhook.cluster import cluster_source
+from webhook.cluster import ClusterSource, cluster_source
 from webhook.identities import parse_identities
 from webhook.issuer import Issuer
 from webhook.kube import Kube, connect
 from webhook.metrics import create_metrics
 from webhook.namespaces import namespaces_from_documents
+from webhook.reconciler import DriftSettings
 from webhook.server import Services, create_app
 from webhook.sidecar_spec import SidecarSettings
 
@@ -112,6 +113,41 @@ async def cluster(
         webhook_namespace="workload-identity-system",
         watch=FAST,
     )
+    client = await aiohttp_client(
+        create_app(source.services, extra_routes=source.routes)
+    )
+    return Cluster(fake_kube, source, client)
+
+
+ReplicaFactory = Callable[[DriftSettings | None], ClusterSource]
+
+
+@pytest.fixture
+def replica(kube: Kube, issuer: Issuer) -> ReplicaFactory:
+    """Builds the cluster source of one more webhook replica, with its own
+    cache and metrics, against the same fake API server."""
+
+    def build(drift: DriftSettings | None = None) -> ClusterSource:
+        return cluster_source(
+            kube,
+            cache=Cache(create_metrics()),
+            settings=SidecarSettings(issuer_url=issuer.url),
+            issuer=issuer,
+            webhook_namespace="workload-identity-system",
+            watch=FAST,
+            drift=drift,
+        )
+
+    return build
+
+
+@pytest.fixture
+async def drift_cluster(
+    fake_kube: FakeKube, replica: ReplicaFactory, aiohttp_client: Any
+) -> Cluster:
+    """The cluster source with the drift report on, every 50 ms, without
+    leader election; start it with `running(cluster.source.background)`."""
+    source = replica(FAST_DRIFT)
     client = await aiohttp_client(
         create_app(source.services, extra_routes=source.routes)
     )

@@ -12,9 +12,17 @@ It keeps the semantics the webhook relies on:
 - the status subresource writes only `.status`, and answers 409 to a stale
   resourceVersion;
 - a TokenReview answers for the tokens a test issued, and pods are read by name;
+- pods are listed (in pages, with `limit` and `continue`) and watched across
+  namespaces; a pod put again under the same name is a new pod (DELETED, then
+  ADDED with a new uid), `update_pod` changes one in place (MODIFIED);
+- ReplicaSets are read by name and listed;
+- Leases are read, created (409 when one exists) and replaced (409 when the
+  resourceVersion sent is not the current one), as leader election needs;
 - every request must carry the admin bearer token.
 
-Tests steer it: `end_watches()` ends open streams as their timeout would,
+Tests steer it: `broken[resource] = status` fails a resource's requests
+(lists and watches; for "leases", every Lease call), `end_watches()` ends open
+streams as their timeout would,
 `drop_watches()` cuts them, `compact()` forgets the
 history, `hold_watches()` keeps changes from watches (not from reads), `stop()`
 and `start()` take the server away and bring it back on the same port.
@@ -39,11 +47,16 @@ from kubernetes_asyncio.client import Configuration
 ADMIN_TOKEN: Final = "fake-admin-token"
 IDENTITIES: Final = "workloadidentities"
 NAMESPACES: Final = "namespaces"
+PODS: Final = "pods"
+LEASES: Final = "leases"
 KINDS: Final = {
     IDENTITIES: ("workloadidentity.dev/v1alpha1", "WorkloadIdentity"),
     NAMESPACES: ("v1", "Namespace"),
+    PODS: ("v1", "Pod"),
 }
 IDENTITIES_PATH: Final = "/apis/workloadidentity.dev/v1alpha1/workloadidentities"
+PODS_PATH: Final = "/api/v1/pods"
+LEASES_PATH: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 Obj = dict[str, Any]
 
@@ -91,6 +104,10 @@ class FakeKube:
         self.version = 100
         self.objects: dict[str, dict[str, Obj]] = {IDENTITIES: {}, NAMESPACES: {}}
         self.pods: dict[tuple[str, str], Obj] = {}
+        self.replica_sets: dict[tuple[str, str], Obj] = {}
+        self.leases: dict[tuple[str, str], Obj] = {}
+        self.lease_writes: list[tuple[str, str | None]] = []
+        """(verb, holderIdentity) of each Lease create or replace that succeeded."""
         self.history: list[Change] = []
         self.compacted = 0
         self.held: list[Change] | None = None
@@ -131,6 +148,20 @@ class FakeKube:
                 web.get("/api/v1/namespaces", self._list_namespaces),
                 web.get("/api/v1/namespaces/{name}", self._get_namespace),
                 web.get("/api/v1/namespaces/{namespace}/pods/{name}", self._get_pod),
+                web.get(PODS_PATH, self._list_pods),
+                web.get("/api/v1/namespaces/{namespace}/pods", self._list_pods),
+                web.get("/apis/apps/v1/replicasets", self._list_replica_sets),
+                web.get(
+                    "/apis/apps/v1/namespaces/{namespace}/replicasets",
+                    self._list_replica_sets,
+                ),
+                web.get(
+                    "/apis/apps/v1/namespaces/{namespace}/replicasets/{name}",
+                    self._get_replica_set,
+                ),
+                web.get(LEASES_PATH + "/{name}", self._get_lease),
+                web.post(LEASES_PATH, self._create_lease),
+                web.put(LEASES_PATH + "/{name}", self._replace_lease),
                 web.post("/api/v1/namespaces/{namespace}/events", self._post_event),
                 web.post(
                     "/apis/authentication.k8s.io/v1/tokenreviews", self._token_review
@@ -214,24 +245,89 @@ class FakeKube:
         *,
         annotations: Mapping[str, str] | None = None,
         service_account: str = "default",
+        labels: Mapping[str, str] | None = None,
+        owner: Obj | None = None,
+        phase: str = "Running",
+        spec: Obj | None = None,
     ) -> Obj:
+        """Create a pod; one of the same name is replaced by a new pod (new
+        uid), as a deletion and a creation. `owner` is its controller's
+        ownerReference; `spec` adds to or overrides the default spec."""
+        metadata: Obj = {
+            "name": name,
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "annotations": dict(annotations or {}),
+            "labels": dict(labels or {}),
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        }
+        if owner is not None:
+            metadata["ownerReferences"] = [{"controller": True, **owner}]
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "uid": str(uuid.uuid4()),
-                "annotations": dict(annotations or {}),
-                "resourceVersion": str(self._bump()),
-            },
+            "metadata": metadata,
             "spec": {
                 "serviceAccountName": service_account,
                 "containers": [{"name": "app", "image": "app"}],
+                **(spec or {}),
             },
+            "status": {"phase": phase},
         }
+        if (namespace, name) in self.pods:
+            self.delete_pod(namespace, name)
+        metadata["resourceVersion"] = str(self._bump())
         self.pods[(namespace, name)] = pod
+        self._record(PODS, "ADDED", pod)
         return copy.deepcopy(pod)
+
+    def update_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        phase: str | None = None,
+    ) -> Obj:
+        """Change a pod in place: its annotations (replaced) or its phase."""
+        pod = self.pods[(namespace, name)]
+        if annotations is not None:
+            pod["metadata"]["annotations"] = dict(annotations)
+        if phase is not None:
+            pod["status"] = {"phase": phase}
+        pod["metadata"]["resourceVersion"] = str(self._bump())
+        self._record(PODS, "MODIFIED", pod)
+        return copy.deepcopy(pod)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        pod = self.pods.pop((namespace, name))
+        pod["metadata"]["resourceVersion"] = str(self._bump())
+        self._record(PODS, "DELETED", pod)
+
+    def put_replica_set(self, namespace: str, name: str, *, owner: Obj | None) -> Obj:
+        """A ReplicaSet, owned by `owner` (an ownerReference) if given."""
+        metadata: Obj = {
+            "name": name,
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "resourceVersion": str(self._bump()),
+        }
+        if owner is not None:
+            metadata["ownerReferences"] = [{"controller": True, **owner}]
+        replica_set = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": metadata,
+        }
+        self.replica_sets[(namespace, name)] = replica_set
+        return copy.deepcopy(replica_set)
+
+    def lease_holder(self, namespace: str, name: str) -> str | None:
+        lease = self.leases.get((namespace, name))
+        if lease is None:
+            return None
+        holder = (lease.get("spec") or {}).get("holderIdentity")
+        return holder if isinstance(holder, str) else None
 
     def issue_token(
         self,
@@ -420,6 +516,130 @@ class FakeKube:
         current["metadata"]["resourceVersion"] = str(self._bump())
         self._record(IDENTITIES, "MODIFIED", current)
         return web.json_response(copy.deepcopy(current))
+
+    async def _list_pods(self, request: web.Request) -> web.StreamResponse:
+        """All pods, or one namespace's; watches cover all namespaces only."""
+        if PODS in self.broken:
+            return failure(
+                self.broken[PODS], "InternalError", "pods are broken for now"
+            )
+        if request.query.get("watch", "").lower() == "true":
+            return await self._watch(request, PODS)
+        namespace = request.match_info.get("namespace")
+        pods = [
+            copy.deepcopy(pod)
+            for key, pod in sorted(self.pods.items())
+            if namespace is None or key[0] == namespace
+        ]
+        start = int(request.query.get("continue") or 0)
+        limit = int(request.query.get("limit") or 0) or len(pods)
+        page = pods[start : start + limit]
+        metadata: Obj = {"resourceVersion": str(self.version)}
+        if start + limit < len(pods):
+            metadata["continue"] = str(start + limit)
+        return web.json_response(
+            {"apiVersion": "v1", "kind": "PodList", "metadata": metadata, "items": page}
+        )
+
+    async def _get_replica_set(self, request: web.Request) -> web.Response:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        found = self.replica_sets.get(key)
+        if found is None:
+            return failure(404, "NotFound", f'replicasets.apps "{key[1]}" not found')
+        return web.json_response(copy.deepcopy(found))
+
+    async def _list_replica_sets(self, request: web.Request) -> web.Response:
+        namespace = request.match_info.get("namespace")
+        items = [
+            copy.deepcopy(o)
+            for key, o in sorted(self.replica_sets.items())
+            if namespace is None or key[0] == namespace
+        ]
+        return web.json_response(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSetList",
+                "metadata": {"resourceVersion": str(self.version)},
+                "items": items,
+            }
+        )
+
+    def _lease_failure(self) -> web.Response | None:
+        if LEASES in self.broken:
+            return failure(
+                self.broken[LEASES], "InternalError", "leases are broken for now"
+            )
+        return None
+
+    async def _get_lease(self, request: web.Request) -> web.Response:
+        key = (request.match_info["namespace"], request.match_info["name"])
+        broken = self._lease_failure()
+        if broken is not None:
+            return broken
+        found = self.leases.get(key)
+        if found is None:
+            return failure(
+                404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found'
+            )
+        return web.json_response(copy.deepcopy(found))
+
+    async def _create_lease(self, request: web.Request) -> web.Response:
+        broken = self._lease_failure()
+        if broken is not None:
+            return broken
+        body = await request.json()
+        namespace = request.match_info["namespace"]
+        metadata = body.setdefault("metadata", {})
+        key = (namespace, metadata.get("name", ""))
+        if key in self.leases:
+            return failure(
+                409,
+                "AlreadyExists",
+                f'leases.coordination.k8s.io "{key[1]}" already exists',
+            )
+        metadata.update(
+            namespace=namespace,
+            uid=str(uuid.uuid4()),
+            resourceVersion=str(self._bump()),
+            creationTimestamp="2026-01-01T00:00:00Z",
+        )
+        body.setdefault("apiVersion", "coordination.k8s.io/v1")
+        body.setdefault("kind", "Lease")
+        self.leases[key] = body
+        self.lease_writes.append(
+            ("create", (body.get("spec") or {}).get("holderIdentity"))
+        )
+        return web.json_response(copy.deepcopy(body), status=201)
+
+    async def _replace_lease(self, request: web.Request) -> web.Response:
+        broken = self._lease_failure()
+        if broken is not None:
+            return broken
+        body = await request.json()
+        key = (request.match_info["namespace"], request.match_info["name"])
+        current = self.leases.get(key)
+        if current is None:
+            return failure(
+                404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found'
+            )
+        sent = (body.get("metadata") or {}).get("resourceVersion")
+        if sent != current["metadata"]["resourceVersion"]:
+            return failure(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on leases.coordination.k8s.io "{key[1]}": '
+                "the object has been modified; please apply your changes to the "
+                "latest version and try again",
+            )
+        metadata = body.setdefault("metadata", {})
+        for field_name in ("uid", "creationTimestamp", "namespace", "name"):
+            metadata[field_name] = current["metadata"][field_name]
+        metadata["resourceVersion"] = str(self._bump())
+        self.leases[key] = body
+        self.lease_writes.append(
+            ("replace", (body.get("spec") or {}).get("holderIdentity"))
+        )
+        return web.json_response(copy.deepcopy(body))
 
     async def _get_namespace(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
