@@ -59,7 +59,8 @@ class SidecarSettings:
     gcp_iam_credentials_url: str = DEFAULT_IAM_CREDENTIALS_URL
     resources: dict[str, Any] = field(
         default_factory=lambda: {
-            "requests": {"cpu": "5m", "memory": "24Mi"},
+            # Measured: ~25 MiB resident in issuer mode, ~32 MiB in key mode.
+            "requests": {"cpu": "5m", "memory": "32Mi"},
             "limits": {"memory": "64Mi"},
         }
     )
