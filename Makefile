@@ -40,7 +40,8 @@ promtool:
 
 local-serve: $(STAMP)
 	$(PY) -m webhook serve --identities deploy/examples/identities.yaml \
-		--namespaces deploy/examples/namespaces.yaml --state-dir .state
+		--namespaces deploy/examples/namespaces.yaml --state-dir .state \
+		--listen 127.0.0.1:8443 --metrics-listen 127.0.0.1:9090
 
 local-request: $(STAMP)
 	curl -sS --cacert .state/tls.crt -H 'Content-Type: application/json' \

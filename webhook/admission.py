@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, NotRequired, TypedDict
 
-from webhook.mutation import INJECT_ANNOTATION, mutate
+from webhook.mutation import mutate, opts_out
 from webhook.namespaces import NamespaceInfo
 from webhook.scope import IdentityIndex, pod_tags
 from webhook.sidecar_spec import SidecarSettings
@@ -211,7 +211,7 @@ def decide(
         )
     annotations = metadata.get("annotations")
     annotations = annotations if isinstance(annotations, dict) else {}
-    if str(annotations.get(INJECT_ANNOTATION, "")).strip().lower() == "false":
+    if opts_out(metadata):
         return allow(review)
     if MIRROR_ANNOTATION in annotations:
         return allow(review)

@@ -39,6 +39,7 @@ from webhook.issuer import (
     write_new_key,
 )
 from webhook.metrics import create_metrics
+from webhook.mutation import opts_out
 from webhook.namespaces import (
     NamespaceFileError,
     NamespaceInfo,
@@ -244,6 +245,7 @@ class _PodInput:
     namespace: str
     annotations: dict[str, Any]
     name: str
+    opted_out: bool
 
 
 def _pod_input(body: Any, namespace_flag: str | None) -> _PodInput:
@@ -251,8 +253,16 @@ def _pod_input(body: Any, namespace_flag: str | None) -> _PodInput:
     if isinstance(body, dict) and body.get("kind") == "AdmissionReview":
         pod = (body.get("request") or {}).get("object") or {}
         namespace_flag = namespace_flag or (body.get("request") or {}).get("namespace")
-    if not isinstance(pod, dict) or not isinstance(pod.get("metadata", {}), dict):
-        raise UsageError("the input is neither a Pod nor an AdmissionReview with a pod")
+    if (
+        not isinstance(pod, dict)
+        or not isinstance(pod.get("metadata", {}), dict)
+        or pod.get("kind", "Pod") != "Pod"
+        or not isinstance(pod.get("spec"), dict)
+    ):
+        raise UsageError(
+            "the input is neither a Pod nor an AdmissionReview with a pod: pass a "
+            "Pod manifest (e.g. `kubectl get pod NAME -o yaml`) or an AdmissionReview"
+        )
     metadata = pod.get("metadata") or {}
     namespace = namespace_flag or metadata.get("namespace")
     if not namespace:
@@ -263,6 +273,7 @@ def _pod_input(body: Any, namespace_flag: str | None) -> _PodInput:
         str(namespace),
         annotations,
         str(metadata.get("name") or metadata.get("generateName") or "pod"),
+        opts_out(metadata),
     )
 
 
@@ -275,14 +286,21 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
     index = IdentityIndex(rules.identities)
     verdicts = index.explain(info.project if info else None, tags)
     blocked = ""
-    if info is None or info.project is None:
+    if info is None:
+        blocked = (
+            f"namespace {pod.namespace} is not in the namespaces file {args.namespaces}"
+            if args.namespaces
+            else f"namespace {pod.namespace} is unknown: pass --namespaces FILE "
+            "(e.g. `kubectl get namespaces -o yaml`) or --project P"
+        )
+    elif info.project is None:
         blocked = (
             f"namespace {pod.namespace} has no workloadidentity.dev/project label, "
             "so it is no project"
         )
     elif info.excluded:
         blocked = f"{info.excluded}: the webhook never injects there"
-    elif str(pod.annotations.get("workloadidentity.dev/inject", "")).lower() == "false":
+    elif pod.opted_out:
         blocked = 'the pod opts out with workloadidentity.dev/inject: "false"'
     selection = (
         {}
@@ -303,6 +321,7 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
         "identities": [
             {
                 "name": v.identity,
+                "description": index.by_name[v.identity].description,
                 "provider": v.provider.value,
                 "matched": v.matched and not blocked,
                 "reason": blocked if blocked else v.reason,
@@ -332,6 +351,8 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
     for item in result["identities"]:
         mark = "MATCH" if item["matched"] else "no   "
         out.write(f"  {mark} {item['name']} ({item['provider']}): {item['reason']}\n")
+        if item["description"]:
+            out.write(f"        {item['description']}\n")
     for item in result["invalid"]:
         out.write(f"  INVALID {item['name']}: {item['field']}: {item['reason']}\n")
     for provider in ("aws", "gcp"):

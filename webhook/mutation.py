@@ -67,6 +67,19 @@ MANAGED_VARIABLES: Final = frozenset(_FIXED_VALUES) | frozenset(_RECORDED_IN)
 _SESSION_CHARS = re.compile(r"[^\w+=,.@-]", re.ASCII)
 
 
+def opts_out(metadata: Mapping[str, Any]) -> bool:
+    """Whether the pod opted out with `workloadidentity.dev/inject: "false"`,
+    as an annotation (the design's word) or as a label (what the webhook
+    registration's objectSelector reads, so the API server never calls us)."""
+    for key in ("annotations", "labels"):
+        values = metadata.get(key)
+        if isinstance(values, Mapping) and (
+            str(values.get(INJECT_ANNOTATION, "")).strip().lower() == "false"
+        ):
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class Mutation:
     patch: list[Op] = field(default_factory=list)

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from webhook.admission import MIRROR_ANNOTATION
 from webhook.cache import PODS, Cache
-from webhook.mutation import ANNOTATION_PREFIX
+from webhook.mutation import ANNOTATION_PREFIX, INJECT_ANNOTATION, opts_out
 from webhook.namespaces import SYSTEM_NAMESPACES
 from webhook.sidecar_spec import MARKER_ENV, SIDECAR_NAME
 
@@ -148,7 +148,9 @@ def pod_record(obj: Mapping[str, Any]) -> PodRecord | None:
         namespace=namespace,
         name=name,
         uid=str(metadata.get("uid") or ""),
-        annotations=_kept_annotations(_mapping(metadata.get("annotations"))),
+        annotations=_kept_annotations(_mapping(metadata.get("annotations")))
+        # A label opt-out counts as the annotation, as it does at admission.
+        | ({INJECT_ANNOTATION: "false"} if opts_out(metadata) else {}),
         owner=controller_of(metadata.get("ownerReferences")),
         template_hash=str(labels.get(TEMPLATE_HASH_LABEL) or ""),
         windows=_is_windows(spec),

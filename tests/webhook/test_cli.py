@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
@@ -217,3 +218,50 @@ def test_explain_text_output_reads_as_a_report(tmp_path: Path) -> None:
     assert code == 0
     assert "MATCH s3-reader (aws): matched and selected" in printed
     assert "selected for aws: s3-reader" in printed
+
+
+def test_explain_refuses_what_is_not_a_pod(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    identities, namespaces, _ = write_case_files(tmp_path, "case-01")
+    code, _ = run(
+        [
+            "explain",
+            "--identities",
+            str(identities),
+            "--namespaces",
+            str(namespaces),
+            "tests/webhook/cases/case-01.yaml",
+        ]
+    )
+    assert code == 2
+    assert "neither a Pod nor an AdmissionReview" in capsys.readouterr().err
+
+
+def test_explain_says_when_the_namespace_is_unknown_rather_than_unlabelled(
+    tmp_path: Path,
+) -> None:
+    case = load_case("case-01")
+    pod = copy.deepcopy(case["given"]["admission_review"]["request"]["object"])
+    identities, _, _ = write_case_files(tmp_path, "case-01")
+    pod_file = tmp_path / "pod.yaml"
+    pod_file.write_text(yaml.safe_dump(pod))
+    code, printed = run(
+        ["explain", "--identities", str(identities), "-o", "json", str(pod_file)]
+    )
+    assert code == 0
+    assert "unknown: pass --namespaces" in json.loads(printed)["blocked"]
+
+
+def test_a_label_opt_out_counts_like_the_annotation(tmp_path: Path) -> None:
+    case = load_case("case-01")
+    review = copy.deepcopy(case["given"]["admission_review"])
+    review["request"]["object"]["metadata"]["labels"]["workloadidentity.dev/inject"] = (
+        "false"
+    )
+    result = explain(tmp_path, "case-01", review)
+    assert result["selection"] == {}
+    assert "opts out" in result["blocked"]
+    from tests.webhook.casefiles import Webhook
+
+    assert "patch" not in Webhook.for_case(case).admit(review).response

@@ -518,3 +518,22 @@ def test_many_pods_are_named_a_few_at_a_time() -> None:
     message = notice_message([finding(drift, name=f"api-{i}") for i in range(5)])
     assert "5 pods (api-0, api-1, api-2 and 2 more)" in message
     assert "hold gcp identity gone, which no longer exists" in message
+
+
+def test_a_pod_opted_out_by_label_is_not_drift() -> None:
+    from webhook.drift import ineligible_reason
+    from webhook.namespaces import NamespaceInfo
+    from webhook.pods import pod_record
+
+    record = pod_record(
+        {
+            "metadata": {
+                "namespace": "team-a",
+                "name": "p",
+                "labels": {"workloadidentity.dev/inject": "false"},
+            },
+            "spec": {"containers": [{"name": "app", "image": "x"}]},
+        }
+    )
+    assert record is not None
+    assert "opts out" in ineligible_reason(record, NamespaceInfo("team-a", "team-a"))
