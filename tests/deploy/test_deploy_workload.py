@@ -132,7 +132,14 @@ def test_tls_and_signing_key_come_from_mounted_secrets() -> None:
     assert signing_dir == "/etc/workload-identity/signing"
     assert flags["--tls-cert"] == [f"{tls_dir}/tls.crt"]
     assert flags["--tls-key"] == [f"{tls_dir}/tls.key"]
-    assert all(path.startswith(f"{signing_dir}/") for path in flags["--signing-key"])
+    assert "--signing-key" not in flags, (
+        "set in the ConfigMap, so rotation needs no patch"
+    )
+    config_name = item["envFrom"][0]["configMapRef"]["name"]
+    settings = only(render("base"), "ConfigMap", config_name)["data"]
+    keys = settings["WI_SIGNING_KEYS"].split(",")
+    assert keys
+    assert all(path.startswith(f"{signing_dir}/") for path in keys)
 
 
 def test_environment_is_documented_and_names_the_namespace() -> None:
