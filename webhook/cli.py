@@ -367,6 +367,8 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_issuer(args: argparse.Namespace, out: TextIO) -> int:
     if args.issuer_command == "keygen":
+        if not args.out:
+            raise UsageError("pass --out FILE: where to write the new key")
         try:
             write_new_key(args.out)
         except FileExistsError:
@@ -585,11 +587,20 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="why each identity does or does not match a pod"
     )
     _add_rules_flags(explain_parser)
+    _flag(
+        explain_parser, "--namespace", "WI_POD_NAMESPACE",
+        "namespace of the pod, if the manifest has none",
+    )  # fmt: skip
+    _flag(
+        explain_parser, "--output", "WI_OUTPUT", "text or json",
+        default="text", choices=["text", "json"],
+    )  # fmt: skip
     explain_parser.add_argument(
-        "--namespace", help="namespace of the pod, if the manifest has none"
-    )
-    explain_parser.add_argument(
-        "-o", "--output", choices=["text", "json"], default="text"
+        "-o",
+        dest="output",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
     )
     explain_parser.add_argument(
         "input", nargs="?", help="Pod or AdmissionReview file; stdin if absent"
@@ -600,29 +611,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     issuer_commands = issuer.add_subparsers(dest="issuer_command", required=True)
     keygen = issuer_commands.add_parser("keygen", help="create an RSA-2048 signing key")
-    keygen.add_argument(
-        "--out", required=True, help="where to write the PEM key (must not exist)"
-    )
+    _flag(keygen, "--out", "WI_KEY_OUT", "where to write the PEM key (must not exist)")
     for name in ("discovery", "jwks"):
         sub = issuer_commands.add_parser(
             name, help=f"print the {name} document for hosting elsewhere"
         )
         _flag(sub, "--issuer-url", "WI_ISSUER_URL", "the issuer URL")
         sub.add_argument(
-            "--signing-key", action="append", help="PEM private key (repeatable)"
-        )
+            "--signing-key", action="append",
+            default=[p for p in (_env("WI_SIGNING_KEYS") or "").split(",") if p],
+            help="PEM private key (repeatable) [env WI_SIGNING_KEYS, comma separated]",
+        )  # fmt: skip
         sub.add_argument(
-            "--public-key",
-            action="append",
-            help="extra PEM public key to publish (repeatable)",
-        )
+            "--public-key", action="append",
+            default=[p for p in (_env("WI_PUBLIC_KEYS") or "").split(",") if p],
+            help="PEM public key to publish (repeatable) [env WI_PUBLIC_KEYS, comma separated]",
+        )  # fmt: skip
 
     demo = commands.add_parser(
         "demo", help="run the whole product on 127.0.0.1 and show each step"
     )
     demo.add_argument(
-        "--keep", action="store_true", help="keep the demo's temporary directory"
-    )
+        "--keep", action="store_true", default=_env("WI_DEMO_KEEP", "") == "true",
+        help="keep the demo's temporary directory [env WI_DEMO_KEEP=true]",
+    )  # fmt: skip
     add_workloads_command(commands, _flag)
     add_cloud_commands(commands, _flag)
     # The logging flags also work after the command (`serve --log-level DEBUG`);
