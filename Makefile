@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint typecheck unit bench soak clean local-serve local-request promtool
+.PHONY: demo test lint typecheck unit bench soak clean local-serve local-request promtool wrk
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+bench: $(STAMP) wrk
+	$(PY) -m bench
+
+# Debian's wrk makes the webhook's load in `make bench` (without it the bench
+# falls back to its own aiohttp client, which runs out of CPU before the server).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "installing Debian's wrk for make bench"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
 # promtool (from Debian's prometheus package) checks and unit-tests the alerts.
 promtool:
