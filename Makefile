@@ -35,6 +35,11 @@ lint: $(STAMP)
 bench: $(STAMP) wrk
 	$(PY) -m bench
 
+# The reliability suite with its long counts (a million reviews, 100,000
+# fuzzed inputs); `make test` runs the same tests with short ones.
+soak: $(STAMP)
+	WI_SOAK=1 $(PY) -m pytest tests/reliability -q -p no:cacheprovider --timeout=3600
+
 # Debian's wrk makes the webhook's load in `make bench` (without it the bench
 # falls back to its own aiohttp client, which runs out of CPU before the server).
 wrk:
