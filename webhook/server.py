@@ -399,6 +399,11 @@ async def serve(
         # use (the Kubernetes API client) are still open.
         await asyncio.gather(stopper, *tasks, return_exceptions=True)
         for task in done:
-            if task is not stopper and not task.cancelled() and task.exception():
-                raise task.exception()  # type: ignore[misc]
+            if task is stopper or task.cancelled():
+                continue
+            # A background job (a watch, the certificate reload) ended on its
+            # own: the webhook must not go on serving without it.
+            failure = task.exception()
+            if failure is not None:
+                raise failure
         log.info("shutting down: finishing requests in flight")
