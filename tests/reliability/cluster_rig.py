@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import yaml
 from aiohttp import web
 
 from oidc_tokens.keys import PublicKey, SigningKey, jwks
@@ -31,7 +30,11 @@ from tests.reliability.support import (
     free_port,
     wait_for,
 )
-from tests.webhook.fake_kube import ADMIN_TOKEN, FakeKube, ReviewedToken
+from tests.webhook.fake_kube import (
+    FakeKube,
+    ReviewedToken,
+    write_kubeconfig,
+)
 from webhook.issuer import DISCOVERY_PATH, JWKS_PATH
 
 T = TypeVar("T")
@@ -216,24 +219,6 @@ def start_cluster(thread: LoopThread, audience: str) -> Cluster:
     fake = FakeKube()
     thread.run(fake.start())
     return Cluster(fake, thread, audience)
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server}}],
-                "users": [{"name": "admin", "user": {"token": ADMIN_TOKEN}}],
-                "contexts": [
-                    {"name": "fake", "context": {"cluster": "fake", "user": "admin"}}
-                ],
-                "current-context": "fake",
-            }
-        )
-    )
-    return path
 
 
 @dataclass

@@ -39,8 +39,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
+import yaml
 from aiohttp import web
 from kubernetes_asyncio.client import Configuration
 
@@ -74,6 +76,25 @@ def status_body(code: int, reason: str, message: str) -> Obj:
 
 def failure(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(status_body(code, reason, message), status=code)
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig that points kubernetes-asyncio at this fake, and nowhere else."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "admin", "user": {"token": ADMIN_TOKEN}}],
+                "contexts": [
+                    {"name": "fake", "context": {"cluster": "fake", "user": "admin"}}
+                ],
+                "current-context": "fake",
+            }
+        )
+    )
+    return path
 
 
 @dataclass

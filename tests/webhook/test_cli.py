@@ -27,6 +27,13 @@ def write_case_files(
     return identities, namespaces, case
 
 
+def review_file(tmp_path: Path, case: dict[str, Any]) -> Path:
+    """The case's AdmissionReview as a JSON file, as an admin would save it."""
+    path = tmp_path / "review.json"
+    path.write_text(json.dumps(case["given"]["admission_review"]))
+    return path
+
+
 def run(argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
     code = main(argv, out=out)
@@ -37,8 +44,7 @@ async def test_review_prints_byte_for_byte_what_the_server_answers(
     tmp_path: Path, aiohttp_client: Any, services: Services
 ) -> None:
     identities, namespaces, case = write_case_files(tmp_path, "case-01")
-    review = tmp_path / "review.json"
-    review.write_text(json.dumps(case["given"]["admission_review"]))
+    review = review_file(tmp_path, case)
     code, printed = run(
         [
             "review",
@@ -65,8 +71,7 @@ async def test_review_prints_byte_for_byte_what_the_server_answers(
 
 def test_review_with_a_project_flag_needs_no_namespaces_file(tmp_path: Path) -> None:
     identities, _, case = write_case_files(tmp_path, "case-03")
-    review = tmp_path / "review.json"
-    review.write_text(json.dumps(case["given"]["admission_review"]))
+    review = review_file(tmp_path, case)
     code, printed = run(
         [
             "review",
@@ -85,8 +90,7 @@ def test_an_invalid_identity_file_stops_review_with_the_field_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     identities, _, case = write_case_files(tmp_path, "case-29")
-    review = tmp_path / "review.json"
-    review.write_text(json.dumps(case["given"]["admission_review"]))
+    review = review_file(tmp_path, case)
     code, _ = run(
         [
             "review",

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
 from tests.webhook.cluster_support import PROJECT_LABEL, admission_review, aws_identity
-from tests.webhook.fake_kube import ADMIN_TOKEN, FakeKube, eventually
+from tests.webhook.fake_kube import FakeKube, eventually, write_kubeconfig
 from webhook.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,24 +29,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": server}}],
-                "users": [{"name": "admin", "user": {"token": ADMIN_TOKEN}}],
-                "contexts": [
-                    {"name": "fake", "context": {"cluster": "fake", "user": "admin"}}
-                ],
-                "current-context": "fake",
-            }
-        )
-    )
-    return path
 
 
 @contextlib.asynccontextmanager
