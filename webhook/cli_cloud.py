@@ -7,28 +7,43 @@ install  creates or updates what each identity needs in AWS or GCP (OIDC
 verify   checks it, without changing anything: exit 0 when everything is
          right, 1 when something is wrong, 3 when something could not be
          read (missing read permission: the setup may still be right).
-status   lists every identity as installed, pending or failed, from the
-         state file, with what changed since the last install.
+status   lists every identity as installed, pending or failed, with what
+         changed since the last install.
+
+Identities come from a YAML file (--source file, the default; install records
+into --state-file) or from the cluster (--source kubernetes; install records
+into each WorkloadIdentity's status, which `kubectl get workloadidentities`
+shows in its Installed column).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
+from webhook.cloud.cluster_state import ClusterError, cluster_identities
 from webhook.cloud.errors import CloudError
 from webhook.cloud.install import Clouds, CloudSide, Installer, statuses, verify
 from webhook.cloud.plan import Check
 from webhook.cloud.report import render_status
 from webhook.cloud.spec import InstallOptions, ProviderSetup
-from webhook.cloud.state import LocalStateFile, StateFileError
-from webhook.identities import Identity, IdentityFileError, Provider, load_identity_file
+from webhook.cloud.state import LocalStateFile, StateFileError, StatusStore
+from webhook.identities import (
+    Identity,
+    IdentityFileError,
+    LoadResult,
+    Provider,
+    load_identity_file,
+)
 from webhook.issuer import IssuerConfigError, normalise_issuer
+from webhook.kube import KubeConfigError
 
 CLOUD_COMMANDS: Final = ("install", "verify", "status")
 DEFAULT_STATE_FILE: Final = "workload-identity-state.json"
@@ -49,9 +64,24 @@ def _env_true(name: str) -> bool:
 def _common(parser: argparse.ArgumentParser, flag: Flag) -> None:
     flag(
         parser,
+        "--source",
+        "WI_SOURCE",
+        "where identities come from: a file (--identities) or the API server",
+        default="file",
+        choices=["file", "kubernetes"],
+    )
+    flag(
+        parser,
         "--identities",
         "WI_IDENTITIES",
-        "YAML file of WorkloadIdentity documents",
+        "with --source file: YAML file of WorkloadIdentity documents",
+    )
+    flag(
+        parser,
+        "--kubeconfig",
+        "WI_KUBECONFIG",
+        "with --source kubernetes: kubeconfig to use (default: $KUBECONFIG or "
+        "~/.kube/config, or the pod's ServiceAccount inside a cluster)",
     )
     flag(
         parser, "--issuer-url", "WI_ISSUER_URL", "the OIDC issuer URL the clouds trust"
@@ -110,8 +140,8 @@ def _state_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
         parser,
         "--state-file",
         "WI_STATE_FILE",
-        "where install records what it installed (JSON, mode 0600)",
-        default=DEFAULT_STATE_FILE,
+        "with --source file: where install records what it installed (JSON, mode "
+        f"0600; default {DEFAULT_STATE_FILE})",
     )
 
 
@@ -146,7 +176,8 @@ def add_cloud_commands(commands: Any, flag: Flag) -> None:
 
     status = commands.add_parser(
         "status",
-        help="installed, pending or failed, per identity, from the state file",
+        help="installed, pending or failed, per identity, from the state file or "
+        "the cluster",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -166,24 +197,65 @@ def add_cloud_commands(commands: Any, flag: Flag) -> None:
 # --- shared set-up ----------------------------------------------------------
 
 
-def _identities(args: argparse.Namespace, err: TextIO) -> tuple[list[Identity], int]:
-    """The identities to work on, and how many documents were invalid."""
-    if not args.identities:
-        raise CloudUsageError(
-            "no identities: pass --identities FILE (or set WI_IDENTITIES)"
-        )
-    loaded = load_identity_file(args.identities)
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The identities to work on and where install records what it did."""
+
+    identities: list[Identity]
+    invalid: int
+    """How many documents were invalid (0 when one identity was asked for)."""
+    store: StatusStore
+    where: str
+    """Where the record is kept, for the closing line."""
+    lists_removed: bool
+    """A record without an identity means the identity was removed (a file);
+    in a cluster the record goes with the object, so it cannot outlive it."""
+
+
+def _chosen(
+    args: argparse.Namespace, loaded: LoadResult, err: TextIO
+) -> tuple[list[Identity], int]:
     for error in loaded.errors:
         err.write(f"error: {error}\n")
     chosen = list(loaded.identities)
     if args.identity:
         chosen = [i for i in chosen if i.name == args.identity]
         if not chosen:
-            raise CloudUsageError(
-                f"no valid identity named {args.identity} in {args.identities}"
-            )
+            where = args.identities if args.source == "file" else "the cluster"
+            raise CloudUsageError(f"no valid identity named {args.identity} in {where}")
         return chosen, 0
     return chosen, len(loaded.errors)
+
+
+@contextlib.contextmanager
+def _source(args: argparse.Namespace, err: TextIO) -> Iterator[Source]:
+    state_file = getattr(args, "state_file", None)
+    if args.source == "kubernetes":
+        if args.identities or state_file:
+            raise CloudUsageError(
+                "--identities and --state-file are read with --source file only; with "
+                "--source kubernetes identities come from the API server and install "
+                "records into their status: drop them"
+            )
+        in_pod = "KUBERNETES_SERVICE_HOST" in os.environ
+        with cluster_identities(args.kubeconfig or None, in_cluster=in_pod) as found:
+            identities, invalid = _chosen(args, found.loaded, err)
+            yield Source(
+                identities,
+                invalid,
+                found.store,
+                "the WorkloadIdentities' status",
+                lists_removed=False,
+            )
+        return
+    if not args.identities:
+        raise CloudUsageError(
+            "no identities: pass --identities FILE (or set WI_IDENTITIES), or "
+            "--source kubernetes to read them from the cluster"
+        )
+    path = state_file or DEFAULT_STATE_FILE
+    identities, invalid = _chosen(args, load_identity_file(args.identities), err)
+    yield Source(identities, invalid, LocalStateFile(path), path, lists_removed=True)
 
 
 def _jwks(path: str | None) -> str | None:
@@ -285,13 +357,13 @@ def _clouds(args: argparse.Namespace) -> Clouds:
 
 
 def cmd_install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    identities, invalid = _identities(args, err)
-    options = _options(args)
-    for warning in issuer_warnings(args, options, identities):
-        err.write(warning + "\n")
-    store = None if args.dry_run else LocalStateFile(args.state_file)
-    installer = Installer(options, _clouds(args), store, out, dry_run=args.dry_run)
-    outcomes = installer.run(identities)
+    with _source(args, err) as source:
+        options = _options(args)
+        for warning in issuer_warnings(args, options, source.identities):
+            err.write(warning + "\n")
+        store = None if args.dry_run else source.store
+        installer = Installer(options, _clouds(args), store, out, dry_run=args.dry_run)
+        outcomes = installer.run(source.identities)
     failed = [o.identity for o in outcomes if not o.ok]
     changed = [o.identity for o in outcomes if o.ok and o.changed]
     if args.dry_run:
@@ -303,16 +375,16 @@ def cmd_install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(
             f"\n{len(outcomes) - len(failed)} installed ({len(changed)} changed), "
             f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
-            f"recorded in {args.state_file}\n"
+            f"recorded in {source.where}\n"
         )
-    return 1 if failed or invalid else 0
+    return 1 if failed or source.invalid else 0
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    identities, invalid = _identities(args, err)
-    options = _options(args)
-    worst = verify(identities, options, _clouds(args), out)
-    if worst is Check.WRONG or invalid:
+    with _source(args, err) as source:
+        options = _options(args)
+        worst = verify(source.identities, options, _clouds(args), out)
+    if worst is Check.WRONG or source.invalid:
         return 1
     if worst is Check.UNKNOWN:
         out.write(
@@ -323,14 +395,14 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    identities, _ = _identities(args, err)
-    options = _options(args)
-    records = LocalStateFile(args.state_file).load()
-    found = statuses(identities, options, records)
-    known = {identity.name for identity in identities}
+    with _source(args, err) as source:
+        options = _options(args)
+        records = source.store.load()
+    found = statuses(source.identities, options, records)
+    known = {identity.name for identity in source.identities}
     orphans = (
         []
-        if args.identity
+        if args.identity or not source.lists_removed
         else [r for n, r in sorted(records.items()) if n not in known]
     )
     if args.output == "json":
@@ -353,11 +425,12 @@ def run_cloud_command(args: argparse.Namespace, out: TextIO) -> int:
         CloudUsageError,
         IdentityFileError,
         IssuerConfigError,
+        KubeConfigError,
         StateFileError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except CloudError as exc:
+    except (CloudError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return code

@@ -96,7 +96,7 @@ def read_files(
 # --- the API server ---------------------------------------------------------
 
 
-async def _list(
+async def list_all(
     kube: Kube, call: Callable[..., Awaitable[Any]], *args: Any
 ) -> list[dict[str, Any]]:
     """Every item of a list, read in pages."""
@@ -117,7 +117,7 @@ async def _namespaces(
     kube: Kube, namespace: str | None, webhook_namespace: str
 ) -> dict[str, NamespaceInfo]:
     if namespace is None:
-        objects = await _list(kube, kube.core.list_namespace)
+        objects = await list_all(kube, kube.core.list_namespace)
     else:
         try:
             objects = [
@@ -138,9 +138,11 @@ async def _replica_sets(
 ) -> dict[tuple[str, str], OwnerRef]:
     try:
         if namespace is None:
-            objects = await _list(kube, kube.apps.list_replica_set_for_all_namespaces)
+            objects = await list_all(
+                kube, kube.apps.list_replica_set_for_all_namespaces
+            )
         else:
-            objects = await _list(
+            objects = await list_all(
                 kube, kube.apps.list_namespaced_replica_set, namespace
             )
     except ApiException as exc:
@@ -153,7 +155,7 @@ async def _replica_sets(
     return replica_set_owners(objects)
 
 
-def _identities(objects: Iterable[dict[str, Any]]) -> LoadResult:
+def identities_of(objects: Iterable[dict[str, Any]]) -> LoadResult:
     # Items of a list may omit apiVersion and kind; the resource fixes them.
     return parse_identities(
         {"apiVersion": API_VERSION, "kind": KIND, **o} for o in objects
@@ -167,8 +169,8 @@ async def read_cluster(
     pods (of `namespace` only, when given), each listed once."""
     what = "WorkloadIdentities"
     try:
-        identities = _identities(
-            await _list(
+        identities = identities_of(
+            await list_all(
                 kube, kube.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL
             )
         )
@@ -176,9 +178,9 @@ async def read_cluster(
         namespaces = await _namespaces(kube, namespace, webhook_namespace)
         what = "pods"
         if namespace is None:
-            objects = await _list(kube, kube.core.list_pod_for_all_namespaces)
+            objects = await list_all(kube, kube.core.list_pod_for_all_namespaces)
         else:
-            objects = await _list(kube, kube.core.list_namespaced_pod, namespace)
+            objects = await list_all(kube, kube.core.list_namespaced_pod, namespace)
     except InventoryError:
         raise
     except Exception as exc:

@@ -4,7 +4,10 @@ Besides the log line and the workload_identity_identities_invalid gauge (kept
 by the watch and the cache), an invalid identity gets the condition
 `Valid: False` naming the field at fault, and a Warning event; once fixed it
 gets `Valid: True`. An identity that was never invalid is not written to, so
-starting a replica costs no writes.
+starting a replica costs no writes. For an installed identity the webhook also
+keeps `installed` and the `Installed` condition in step with edits of
+`spec.permissions`, so `kubectl get workloadidentities` shows a pending install
+without anyone running `status`.
 
 Writes run in the background, one identity at a time, never in the watch's
 path. Every replica reports, and each write carries the resourceVersion it
@@ -19,6 +22,7 @@ import logging
 import socket
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -32,6 +36,7 @@ from webhook.status import (
     update_status,
     validity,
     with_condition,
+    with_install_state,
 )
 from webhook.watch import Backoff
 
@@ -54,23 +59,30 @@ def parse_error(obj: Mapping[str, Any]) -> IdentityError | None:
     return None
 
 
-def validity_status(
-    obj: Mapping[str, Any],
-) -> tuple[dict[str, Any] | None, IdentityError | None]:
-    """The status `obj` should have with its `Valid` condition brought up to
-    date, or None when it needs no write; and why `obj` is invalid, if it is."""
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """What the webhook reports in one identity's status."""
+
+    status: dict[str, Any] | None
+    """The status to write, or None when it already says everything."""
+    error: IdentityError | None
+    """Why the identity is invalid, if it is."""
+    validity_changed: bool
+    """The `Valid` condition is among the changes (an event is due if invalid)."""
+
+
+def reported_status(obj: Mapping[str, Any]) -> Reported:
+    """`obj`'s status with its `Valid` condition, `installed` flag and
+    `Installed` condition brought up to date with its current spec."""
     error = parse_error(obj)
     current = status_of(obj)
-    if error is None and current.condition(CONDITION_VALID) is None:
-        return None, None
-    status = obj.get("status")
-    return (
-        with_condition(
-            status if isinstance(status, Mapping) else {},
-            validity(error, current.generation),
-        ),
-        error,
-    )
+    raw = obj.get("status")
+    status = raw if isinstance(raw, Mapping) else {}
+    valid = None
+    if error is not None or current.condition(CONDITION_VALID) is not None:
+        valid = with_condition(status, validity(error, current.generation))
+    installing = with_install_state({**obj, "status": valid or status})
+    return Reported(installing or valid, error, valid is not None)
 
 
 class IdentityReporter:
@@ -95,8 +107,7 @@ class IdentityReporter:
 
     def __call__(self, obj: Mapping[str, Any]) -> None:
         name = status_of(obj).name
-        status, _ = validity_status(obj)
-        if status is None:
+        if reported_status(obj).status is None:
             self._pending.pop(name, None)
             return
         self._pending[name] = None
@@ -114,15 +125,15 @@ class IdentityReporter:
 
     async def _record(self, name: str) -> None:
         read: dict[str, Any] = {}
-        errors: list[IdentityError | None] = [None]
+        outcome: list[Reported] = []
 
         def change(fresh: Mapping[str, Any]) -> dict[str, Any] | None:
             # Decide on the object as just read: the one reported may be old.
             read.update(fresh)
-            status, errors[0] = validity_status(
-                {"apiVersion": API_VERSION, "kind": KIND, **fresh}
-            )
-            return status
+            outcome[:] = [
+                reported_status({"apiVersion": API_VERSION, "kind": KIND, **fresh})
+            ]
+            return outcome[0].status
 
         self._backoff.reset()
         for attempt in range(1, self._attempts + 1):
@@ -135,12 +146,12 @@ class IdentityReporter:
             except Exception as exc:
                 failure = exc
             else:
-                error = errors[0]
+                error = outcome[0].error if outcome else None
                 if written:
                     log.debug(
                         "status of WorkloadIdentity %s: Valid=%s", name, not error
                     )
-                if written and error is not None:
+                if written and error is not None and outcome[0].validity_changed:
                     await self._emit(read, error)
                 return
             if attempt < self._attempts:

@@ -1,16 +1,22 @@
-"""A WorkloadIdentity's `.status`: which permissions were last installed,
-whether the current spec is pending install, and conditions.
+"""A WorkloadIdentity's `.status`: what `install` installed, whether the
+current spec is pending install, and conditions.
 
-`install` writes what it applied, `status` reads it, and the webhook writes the
-`Valid` condition. Fields (deploy/crd/workloadidentity.yaml):
+`install --source kubernetes` writes what it applied
+(`webhook.cloud.cluster_state`), `status` reads it, and the webhook keeps the
+`Valid` condition and the `installed` flag current. Fields
+(deploy/crd/workloadidentity.yaml):
 
 - `installedPermissionsHash`: `permissions_hash(spec.permissions)` as installed;
   the spec is pending install while its own hash differs;
-- `installedGeneration`: the `metadata.generation` that install applied;
-- `installed`: whether the installed hash was the spec's when last written;
+- `installedGeneration`, `installedAt`, `installedSpecHash`,
+  `installedSnapshot`, `providerSetup`: what install applied, when, and to
+  which cloud resources;
+- `lastInstallFailure`: the last install that failed, until one succeeds;
+- `installed`: whether the installed permissions are the current spec's (the
+  `Installed` printer column);
 - `observedGeneration`: the generation the status was last written for;
-- `conditions`: keyed by type; `lastTransitionTime` moves only when a
-  condition's status does.
+- `conditions`: `Valid` and `Installed`, keyed by type; `lastTransitionTime`
+  moves only when a condition's status does.
 
 Writes go through the status subresource carrying the resourceVersion read, so
 two writers (two webhook replicas, or the webhook and `install`) never
@@ -33,6 +39,10 @@ from webhook.kube import GROUP, PLURAL, VERSION, Kube, call_json
 
 CONDITION_VALID: Final = "Valid"
 """True when the webhook serves the identity; False with the field at fault."""
+
+CONDITION_INSTALLED: Final = "Installed"
+"""True when the permissions of the current spec are installed; False while
+they are pending or the last install of this generation failed."""
 
 _MAX_MESSAGE: Final = 32_768
 """The CRD's limit on a condition message."""
@@ -188,19 +198,66 @@ def with_condition(
     return {**status, "conditions": conditions}
 
 
-def with_installed(
-    obj: Mapping[str, Any], *, generation: int, permissions: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The status of `obj` after install applied `permissions` of `generation`."""
+def install_condition(obj: Mapping[str, Any]) -> Condition | None:
+    """The `Installed` condition that `obj`'s status fields imply for its current
+    spec, or None for an identity install never ran for.
+
+    A failure counts while the spec is still the generation it failed for; a
+    later edit makes the identity pending again (install has not seen it yet).
+    """
+    status = _mapping(obj.get("status"))
     current = status_of(obj)
-    installed_hash = permissions_hash(permissions)
-    return {
-        **_mapping(obj.get("status")),
-        "installed": installed_hash == current.permissions_hash,
-        "installedGeneration": generation,
-        "installedPermissionsHash": installed_hash,
-        "observedGeneration": current.generation,
-    }
+    failure = _mapping(status.get("lastInstallFailure"))
+    if failure and failure.get("generation") == current.generation:
+        return Condition(
+            CONDITION_INSTALLED,
+            "False",
+            "InstallFailed",
+            f"install of generation {current.generation} failed at "
+            f"{failure.get('at', '?')}: {failure.get('message', '')}",
+            current.generation,
+        )
+    if current.installed_permissions_hash is None:
+        return None
+    if current.installed:
+        return Condition(
+            CONDITION_INSTALLED,
+            "True",
+            "Installed",
+            "the permissions of the current spec are installed (generation "
+            f"{current.installed_generation})",
+            current.generation,
+        )
+    return Condition(
+        CONDITION_INSTALLED,
+        "False",
+        "Pending",
+        f"spec.permissions changed since generation {current.installed_generation} "
+        "was installed: run `python -m webhook install --source kubernetes`",
+        current.generation,
+    )
+
+
+def with_install_state(
+    obj: Mapping[str, Any], *, now: datetime.datetime | None = None
+) -> dict[str, Any] | None:
+    """`obj`'s status with `installed` and the `Installed` condition brought up to
+    date with its current spec, or None when they already are.
+
+    The webhook calls it for every identity it watches, so a permission edit
+    turns the Installed column to false without anyone running `status`.
+    """
+    condition = install_condition(obj)
+    if condition is None:
+        return None
+    status = dict(_mapping(obj.get("status")))
+    installed = status_of(obj).installed
+    changed = status.get("installed") is not installed
+    status["installed"] = installed
+    updated = with_condition(status, condition, now=now)
+    if updated is None:
+        return status if changed else None
+    return updated
 
 
 # --- on the API server ------------------------------------------------------
@@ -254,21 +311,6 @@ async def update_status(kube: Kube, name: str, change: StatusChange) -> bool:
                 continue
             raise
         return True
-
-
-async def record_installed(
-    kube: Kube, name: str, *, generation: int, permissions: Mapping[str, Any]
-) -> None:
-    """After install applied `permissions` read at `generation`: record them.
-
-    Pass what was installed, not the spec as it is now: if the spec changed in
-    the meantime, the identity then reads as pending, which it is.
-    """
-    await update_status(
-        kube,
-        name,
-        lambda obj: with_installed(obj, generation=generation, permissions=permissions),
-    )
 
 
 async def write_condition(kube: Kube, name: str, condition: Condition) -> bool:

@@ -9,8 +9,9 @@ It keeps the semantics the webhook relies on:
   streams new ones; a resourceVersion older than the last compaction gets an
   ERROR event with 410 Gone; `timeoutSeconds` ends the stream cleanly;
   `allowWatchBookmarks=true` lets `bookmark()` reach it;
-- the status subresource writes only `.status`, and answers 409 to a stale
-  resourceVersion;
+- the status subresource writes only `.status`, drops the fields the CRD's
+  status schema does not declare (as structural pruning does), and answers
+  409 to a stale resourceVersion;
 - a TokenReview answers for the tokens a test issued, and pods are read by name;
 - pods are listed (in pages, with `limit` and `continue`) and watched across
   namespaces; a pod put again under the same name is a new pod (DELETED, then
@@ -61,6 +62,30 @@ PODS_PATH: Final = "/api/v1/pods"
 LEASES_PATH: Final = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 Obj = dict[str, Any]
+
+CRD_FILE: Final = Path(__file__).parents[2] / "deploy/crd/workloadidentity.yaml"
+
+
+def _status_schema() -> Obj:
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    schema: Obj = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    status: Obj = schema["properties"]["status"]
+    return status
+
+
+STATUS_SCHEMA: Final = _status_schema()
+
+
+def pruned(value: Any, schema: Mapping[str, Any]) -> Any:
+    """`value` without the fields `schema` does not declare."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value
+    if isinstance(value, dict) and "properties" in schema:
+        known = schema["properties"]
+        return {k: pruned(v, known[k]) for k, v in value.items() if k in known}
+    if isinstance(value, list) and "items" in schema:
+        return [pruned(item, schema["items"]) for item in value]
+    return value
 
 
 def status_body(code: int, reason: str, message: str) -> Obj:
@@ -533,7 +558,7 @@ class FakeKube:
                 f'Operation cannot be fulfilled on workloadidentities "{name}": '
                 "the object has been modified",
             )
-        current["status"] = copy.deepcopy(body.get("status"))
+        current["status"] = pruned(copy.deepcopy(body.get("status")), STATUS_SCHEMA)
         current["metadata"]["resourceVersion"] = str(self._bump())
         self._record(IDENTITIES, "MODIFIED", current)
         return web.json_response(copy.deepcopy(current))

@@ -12,12 +12,15 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.webhook.cluster_support import aws_identity
 from tests.webhook.fake_kube import IDENTITIES, FakeKube, Obj
+from webhook.cloud.cluster_state import record_of, status_with_record
+from webhook.cloud.state import InstallRecord
 from webhook.kube import Kube
+from webhook.report import reported_status
 from webhook.status import (
     Condition,
+    install_condition,
     permissions_hash,
     read_identity_status,
-    record_installed,
     update_status,
     validity,
     with_condition,
@@ -30,6 +33,18 @@ POLICY = {
         "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}],
     },
 }
+
+
+async def record_installed(
+    kube: Kube, name: str, *, generation: int, permissions: Obj
+) -> None:
+    """What `install --source kubernetes` writes after it applied `permissions`
+    read at `generation`."""
+    record = InstallRecord(name, "aws").succeeded(
+        {"permissions": permissions}, "sha256:spec", permissions_hash(permissions),
+        generation, {"mode": "automatic"},
+    )  # fmt: skip
+    await update_status(kube, name, lambda obj: status_with_record(obj, record))
 
 
 def with_permissions(
@@ -137,3 +152,92 @@ def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
     )
     assert flipped is not None
     assert flipped["conditions"][0]["lastTransitionTime"] == "2026-01-01T01:00:00Z"
+
+
+async def test_the_install_record_survives_the_crd_schema_and_reads_back_whole(
+    fake_kube: FakeKube, kube: Kube
+) -> None:
+    """The fake prunes what the CRD's status schema does not declare, as the
+    API server does: a field install writes but the CRD forgot would vanish."""
+    fake_kube.put_identity(with_permissions(POLICY))
+    record = InstallRecord("s3-reader", "aws").succeeded(
+        {"issuer": "https://issuer.example", "permissions": POLICY},
+        "sha256:spec", permissions_hash(POLICY), 1,
+        {"mode": "automatic", "provider": "arn:aws:iam::1:oidc-provider/x"},
+    )  # fmt: skip
+    await update_status(kube, "s3-reader", lambda obj: status_with_record(obj, record))
+    stored = fake_kube.objects[IDENTITIES]["s3-reader"]
+    assert record_of(stored) == record
+    assert set(stored["status"]) == {
+        "installed",
+        "installedGeneration",
+        "installedPermissionsHash",
+        "installedSpecHash",
+        "installedAt",
+        "installedSnapshot",
+        "providerSetup",
+        "observedGeneration",
+        "conditions",
+    }
+    (condition,) = stored["status"]["conditions"]
+    assert (condition["type"], condition["status"]) == ("Installed", "True")
+
+    failed = record.failed("sha256:spec", 1, "AccessDenied: iam:CreateRole")
+    await update_status(kube, "s3-reader", lambda obj: status_with_record(obj, failed))
+    stored = fake_kube.objects[IDENTITIES]["s3-reader"]
+    assert record_of(stored) == failed
+    assert stored["status"]["lastInstallFailure"]["message"].startswith("AccessDenied")
+    (condition,) = stored["status"]["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", "InstallFailed")
+    assert "iam:CreateRole" in condition["message"]
+
+    # The next success clears the failure.
+    again = failed.succeeded(
+        {"permissions": POLICY}, "sha256:spec", permissions_hash(POLICY), 1, {}
+    )
+    await update_status(kube, "s3-reader", lambda obj: status_with_record(obj, again))
+    stored = fake_kube.objects[IDENTITIES]["s3-reader"]
+    assert "lastInstallFailure" not in stored["status"]
+    assert stored["status"]["conditions"][0]["reason"] == "Installed"
+
+
+def test_the_webhook_turns_installed_false_when_the_permissions_are_edited() -> None:
+    """`kubectl get workloadidentities` reads `.status.installed`: the webhook
+    keeps it current when an admin edits spec.permissions after an install."""
+    installed = InstallRecord("s3-reader", "aws").succeeded(
+        {}, "sha256:spec", permissions_hash(POLICY), 1, {}
+    )
+    obj = with_permissions(POLICY)
+    obj["metadata"]["generation"] = 1
+    obj["status"] = status_with_record(obj, installed)
+    assert reported_status(obj).status is None  # nothing to bring up to date
+
+    edited = with_permissions({**POLICY, "policyDocument": {"Statement": []}})
+    edited["metadata"]["generation"] = 2
+    edited["status"] = obj["status"]
+    status = reported_status(edited).status
+    assert status is not None
+    assert status["installed"] is False
+    (condition,) = status["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", "Pending")
+    assert "run `python -m webhook install --source kubernetes`" in condition["message"]
+    assert reported_status({**edited, "status": status}).status is None
+
+    # A scope edit leaves nothing to install.
+    rescoped = with_permissions(POLICY, projects=("team-a", "team-b"))
+    rescoped["metadata"]["generation"] = 3
+    rescoped["status"] = obj["status"]
+    status = reported_status(rescoped).status
+    assert status is not None  # the condition now speaks for generation 3
+    assert status["installed"] is True
+    (condition,) = status["conditions"]
+    assert (condition["status"], condition["observedGeneration"]) == ("True", 3)
+    assert (
+        condition["lastTransitionTime"]
+        == obj["status"]["conditions"][0]["lastTransitionTime"]
+    )
+
+
+def test_an_identity_install_never_ran_for_gets_no_install_condition() -> None:
+    assert install_condition(with_permissions(POLICY)) is None
+    assert reported_status(with_permissions(POLICY)).status is None

@@ -1,0 +1,242 @@
+"""`install`, `verify` and `status` with `--source kubernetes`: identities read
+from the (fake) API server, the install record kept in each WorkloadIdentity's
+status, AWS played by moto's server. Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+
+from tests.webhook.cloud.support import LoopThread, aws_document, s3_policy
+from tests.webhook.cloud.test_install_aws import (
+    ISSUER,
+    _limited_user,
+    aws_keys,  # noqa: F401  (autouse: moto's admin keys for every test here)
+    iam,
+    managed,
+)
+from tests.webhook.fake_kube import IDENTITIES, FakeKube, Obj, write_kubeconfig
+from webhook.cli import main
+
+T = TypeVar("T")
+
+
+class Cluster:
+    """The fake API server on the test's loop thread, driven from the test."""
+
+    def __init__(self, loop_thread: LoopThread, kubeconfig: Path) -> None:
+        self.fake = FakeKube()
+        self._loop = loop_thread.loop
+        self.call(self.fake.start)
+        self.kubeconfig = write_kubeconfig(kubeconfig, self.fake.url)
+
+    def call(self, work: Callable[[], Any]) -> Any:
+        """Run `work` on the fake's loop: it is not safe from another thread."""
+
+        async def step() -> Any:
+            result = work()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(step(), self._loop).result(10)
+
+    def put(self, document: Obj) -> None:
+        self.call(lambda: self.fake.put_identity(document))
+
+    def status(self, name: str) -> Obj:
+        found: Obj = self.call(
+            lambda: json.loads(json.dumps(self.fake.objects[IDENTITIES][name]))
+        )
+        return found.get("status") or {}
+
+    def status_writes(self) -> int:
+        return int(
+            self.call(
+                lambda: sum(
+                    method == "PUT" and path.endswith("/status")
+                    for method, path, _ in self.fake.requests
+                )
+            )
+        )
+
+    def run(self, command: str, *extra: str) -> tuple[int, str]:
+        out = io.StringIO()
+        argv = [
+            command,
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--issuer-url",
+            ISSUER,
+            *extra,
+        ]
+        return main(argv, out=out), out.getvalue()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, loop_thread: LoopThread) -> Iterator[Cluster]:
+    made = Cluster(loop_thread, tmp_path / "kubeconfig")
+    try:
+        yield made
+    finally:
+        made.call(made.fake.stop)
+
+
+def install(cluster: Cluster, moto: str, *extra: str) -> tuple[int, str]:
+    return cluster.run("install", "--aws-endpoint-url", moto, *extra)
+
+
+def status(cluster: Cluster) -> dict[str, Any]:
+    code, out = cluster.run("status", "--output", "json")
+    assert code == 0, out
+    return {entry["name"]: entry for entry in json.loads(out)["identities"]}
+
+
+def printer_column_installed(cluster: Cluster, name: str) -> object:
+    """What `kubectl get workloadidentities` shows as Installed: the CRD's
+    additionalPrinterColumns path `.status.installed`."""
+    return cluster.status(name).get("installed")
+
+
+def test_install_records_into_the_status_and_kubectl_shows_it_installed(
+    cluster: Cluster, moto: str
+) -> None:
+    cluster.put(managed())
+    assert printer_column_installed(cluster, "reports") is None
+    assert status(cluster)["reports"]["state"] == "pending"
+
+    code, out = install(cluster, moto)
+    assert code == 0, out
+    assert "iam CreateRole" in out
+    assert "recorded in the WorkloadIdentities' status" in out
+    assert iam(moto).get_role(RoleName="reports")["Role"]["RoleName"] == "reports"
+
+    recorded = cluster.status("reports")
+    assert printer_column_installed(cluster, "reports") is True
+    assert recorded["installedGeneration"] == 1
+    assert recorded["installedSnapshot"]["permissions"]["policyDocument"] == s3_policy()
+    assert recorded["providerSetup"]["mode"] == "automatic"
+    (condition,) = recorded["conditions"]
+    assert (condition["type"], condition["status"]) == ("Installed", "True")
+    assert status(cluster)["reports"]["state"] == "installed"
+
+    # Idempotent: nothing changes in the cloud, nothing is written again.
+    writes = cluster.status_writes()
+    code, again = install(cluster, moto)
+    assert code == 0, again
+    assert "up to date, nothing to change" in again
+    assert cluster.status_writes() == writes
+
+
+def test_a_permission_edit_is_pending_with_its_difference_until_installed(
+    cluster: Cluster, moto: str
+) -> None:
+    cluster.put(managed())
+    assert install(cluster, moto)[0] == 0
+    cluster.put(managed("reports", "s3:GetObject", "s3:PutObject"))
+
+    pending = status(cluster)["reports"]
+    assert pending["state"] == "pending"
+    assert any("s3:PutObject" in line for line in pending["difference"])
+
+    code, out = install(cluster, moto)
+    assert code == 0, out
+    assert "iam PutRolePolicy" in out
+    recorded = cluster.status("reports")
+    assert recorded["installed"] is True
+    assert recorded["installedGeneration"] == 2
+    assert status(cluster)["reports"]["state"] == "installed"
+
+
+def test_a_failed_install_is_recorded_and_the_next_success_clears_it(
+    cluster: Cluster, moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster.put(managed())
+    key, secret = _limited_user(
+        moto,
+        [
+            "sts:GetCallerIdentity",
+            "iam:Get*",
+            "iam:CreateOpenIDConnectProvider",
+            "iam:TagOpenIDConnectProvider",
+        ],
+    )
+    with monkeypatch.context() as limited:
+        limited.setenv("AWS_ACCESS_KEY_ID", key)
+        limited.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        code, out = install(cluster, moto)
+    assert code == 1, out
+
+    recorded = cluster.status("reports")
+    assert "iam:CreateRole" in recorded["lastInstallFailure"]["message"]
+    (condition,) = recorded["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", "InstallFailed")
+    failed = status(cluster)["reports"]
+    assert failed["state"] == "failed"
+    assert "iam:CreateRole" in failed["summary"]
+
+    requests.post(f"{moto}/moto-api/reset-auth", data=b"inf", timeout=10)  # admin again
+    code, out = install(cluster, moto)
+    assert code == 0, out
+    recorded = cluster.status("reports")
+    assert "lastInstallFailure" not in recorded
+    assert recorded["installed"] is True
+
+
+def test_an_invalid_identity_in_the_cluster_is_named_and_the_others_installed(
+    cluster: Cluster, moto: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.put(managed())
+    broken = aws_document("broken")
+    broken["spec"]["aws"]["roleArn"] = "not-an-arn"
+    cluster.put(broken)
+
+    code, out = install(cluster, moto)
+    assert code == 1, out
+    assert "error: WorkloadIdentity broken: spec.aws.roleArn" in capsys.readouterr().err
+    assert cluster.status("reports")["installed"] is True
+    assert "installed" not in cluster.status("broken")
+
+
+def test_dry_run_and_verify_write_nothing_to_the_cluster(
+    cluster: Cluster, moto: str
+) -> None:
+    cluster.put(managed())
+    code, out = install(cluster, moto, "--dry-run")
+    assert code == 0, out
+    assert "nothing was changed" in out
+    assert cluster.status("reports") == {}
+
+    assert cluster.status_writes() == 0
+
+    assert install(cluster, moto)[0] == 0
+    writes = cluster.status_writes()
+    code, out = cluster.run("verify", "--aws-endpoint-url", moto)
+    assert code == 0, out
+    assert cluster.status_writes() == writes
+
+
+def test_file_flags_with_the_cluster_source_say_what_to_drop(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = cluster.run("status", "--state-file", str(tmp_path / "state.json"))
+    assert code == 2
+    assert "--source kubernetes" in capsys.readouterr().err
+
+
+def test_an_api_server_that_cannot_be_reached_is_an_error_that_says_so(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.call(cluster.fake.stop)
+    code, _ = cluster.run("status")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cannot list WorkloadIdentities" in err
+    assert "cannot reach the API server" in err
