@@ -22,6 +22,9 @@ from tests.webhook.fake_kube import (
     eventually,
     running,
 )
+from webhook.cloud.cluster_state import status_with_record
+from webhook.cloud.state import InstallRecord
+from webhook.status import permissions_hash
 from webhook.watch import Backoff
 
 
@@ -247,6 +250,48 @@ async def test_an_invalid_identity_is_reported_and_skipped_while_the_others_serv
         ]
         assert len(status_writes) == 2
         assert len(cluster.fake.events) == 1
+
+
+async def test_a_permission_edit_turns_the_installed_column_false_and_back(
+    cluster_with_team_a: Cluster,
+) -> None:
+    """`kubectl get workloadidentities` shows `.status.installed`: the webhook
+    keeps it current when spec.permissions moves away from what was installed,
+    and back."""
+    cluster = cluster_with_team_a
+    policy = {"mode": "managed", "policyDocument": {"Statement": []}}
+    identity = aws_identity("s3-reader")
+    identity["spec"]["permissions"] = policy
+    installed = InstallRecord("s3-reader", "aws").succeeded(
+        {}, "sha256:spec", permissions_hash(policy), 2, {}
+    )
+    stored = cluster.fake.put_identity(identity)
+    cluster.fake.put_identity(
+        {**stored, "status": status_with_record(stored, installed)}
+    )
+    async with running(cluster.source.background):
+        await cluster.watching()
+        edited = aws_identity("s3-reader")
+        edited["spec"]["permissions"] = {**policy, "policyDocument": {"Version": "1"}}
+        cluster.fake.put_identity(
+            {
+                **edited,
+                "status": cluster.fake.objects[IDENTITIES]["s3-reader"]["status"],
+            }
+        )
+        await eventually(
+            lambda: cluster.identity_status("s3-reader")["installed"] is False
+        )
+        [condition] = cluster.identity_status("s3-reader")["conditions"]
+        assert (condition["status"], condition["reason"]) == ("False", "Pending")
+
+        cluster.fake.put_identity(
+            {**identity, "status": cluster.identity_status("s3-reader")}
+        )  # the edit taken back
+        await eventually(
+            lambda: cluster.identity_status("s3-reader")["installed"] is True
+        )
+        assert not cluster.fake.events
 
 
 async def test_a_namespace_created_just_before_its_pod_is_read_directly_once(
