@@ -31,7 +31,7 @@ class WebhookServer:
         self.port = free_port()
         self.metrics_port = free_port()
         argv = python_command(
-            "webhook", "serve",
+            "webhook", "serve", "--shutdown-delay", "0",
             "--identities", str(workspace.identities),
             "--namespaces", str(workspace.namespaces),
             "--state-dir", str(workspace.state_dir),

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import yaml
 
@@ -441,6 +441,24 @@ def _watch_settings(args: argparse.Namespace) -> WatchSettings:
     return WatchSettings(unready_after=unready_after)
 
 
+DEFAULT_SHUTDOWN_DELAY: Final = 5.0
+"""Endpoints drop a terminating pod within a few seconds; kube-proxy and the API
+server's own endpoint cache follow. Within terminationGracePeriodSeconds (30)
+with the drain that follows (up to 2 x 10 s)."""
+
+
+def _shutdown_delay(args: argparse.Namespace) -> float:
+    try:
+        delay = float(args.shutdown_delay)
+    except ValueError:
+        delay = -1.0
+    if not 0 <= delay <= 60:
+        raise UsageError(
+            f"--shutdown-delay {args.shutdown_delay!r}: give seconds from 0 to 60"
+        )
+    return delay
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from webhook.server import Services, serve, split_listen
 
@@ -452,6 +470,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         )
     watch = _watch_settings(args)
     drift = drift_settings(args)
+    shutdown_delay = _shutdown_delay(args)
     cert, key, keys, issuer_url = _state_files(args, port)
     issuer = load_issuer(issuer_url, keys)
     cache = Cache(create_metrics())
@@ -475,6 +494,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 listen=args.listen,
                 metrics_listen=args.metrics_listen,
                 tls=tls,
+                shutdown_delay=shutdown_delay,
             )
         )
         out.write("stopped\n")
@@ -492,7 +512,13 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         len(cache.index),
     )
     asyncio.run(
-        serve(services, listen=args.listen, metrics_listen=args.metrics_listen, tls=tls)
+        serve(
+            services,
+            listen=args.listen,
+            metrics_listen=args.metrics_listen,
+            tls=tls,
+            shutdown_delay=shutdown_delay,
+        )
     )
     out.write("stopped\n")
     return 0
@@ -551,6 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(WatchSettings().unready_after),
     )
     add_drift_flags(serve, _flag)
+    _flag(
+        serve,
+        "--shutdown-delay",
+        "WI_SHUTDOWN_DELAY",
+        "seconds to keep serving, unready, after SIGTERM, while the API server "
+        "stops sending requests here (a second signal stops at once)",
+        default=str(DEFAULT_SHUTDOWN_DELAY),
+    )
     _flag(serve, "--listen", "WI_LISTEN", "HTTPS address", default="0.0.0.0:8443")
     _flag(
         serve,

@@ -232,10 +232,11 @@ def _source(args: argparse.Namespace, err: TextIO) -> Iterator[Source]:
     state_file = getattr(args, "state_file", None)
     if args.source == "kubernetes":
         if args.identities or state_file:
-            raise CloudUsageError(
-                "--identities and --state-file are read with --source file only; with "
-                "--source kubernetes identities come from the API server and install "
-                "records into their status: drop them"
+            # Often exported for earlier file-based runs; --source says which wins.
+            err.write(
+                "note: ignoring --identities and --state-file (WI_IDENTITIES, "
+                "WI_STATE_FILE): with --source kubernetes identities come from the "
+                "API server and install records into their status\n"
             )
         in_pod = "KUBERNETES_SERVICE_HOST" in os.environ
         with cluster_identities(args.kubeconfig or None, in_cluster=in_pod) as found:

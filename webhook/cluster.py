@@ -128,6 +128,7 @@ async def serve_from_cluster(
     listen: str,
     metrics_listen: str,
     tls: ReloadingContext,
+    shutdown_delay: float = 0.0,
 ) -> None:
     """Serve until SIGTERM or SIGINT, ready once both watches have synced."""
     configuration = await load_configuration(kubeconfig)
@@ -148,4 +149,5 @@ async def serve_from_cluster(
             tls=tls,
             background=source.background,
             extra_routes=source.routes,
+            shutdown_delay=shutdown_delay,
         )

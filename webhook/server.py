@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -50,6 +50,16 @@ class NamespaceLookup(Protocol):
     async def __call__(self, name: str) -> NamespaceInfo | None: ...
 
 
+class Lifecycle:
+    """Whether a stop has begun. From then on /readyz answers 503, so the
+    Service takes this pod out of its endpoints, while the requests the API
+    server still sends here (it learns of the change a few seconds late) are
+    answered as usual."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     cache: Cache
@@ -57,6 +67,7 @@ class Services:
     issuer: Issuer
     metrics: WebhookMetrics
     lookup_namespace: NamespaceLookup | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 SERVICES: Final = web.AppKey("services", Services)
@@ -208,12 +219,15 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    cache = request.app[SERVICES].cache
+    services = request.app[SERVICES]
+    cache = services.cache
     body = {
         "workloadidentities": cache.identities_synced,
         "namespaces": cache.namespaces_synced,
+        "stopping": services.lifecycle.stopping,
     }
-    return _json(body, 200 if cache.ready else 503)
+    ready = cache.ready and not services.lifecycle.stopping
+    return _json(body, 200 if ready else 503)
 
 
 async def discovery(request: web.Request) -> web.Response:
@@ -341,6 +355,29 @@ async def running_site(
         await runner.cleanup()
 
 
+async def _linger(
+    lifecycle: Lifecycle,
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+    seconds: float,
+) -> None:
+    """Keep serving, unready, for `seconds`, or until another signal or a
+    background job ends."""
+    lifecycle.stopping = True
+    log.info(
+        "stop requested: /readyz answers 503; serving %g s more while the API "
+        "server stops sending requests here (signal again to stop now)",
+        seconds,
+    )
+    stop.clear()
+    again = asyncio.create_task(stop.wait())
+    await asyncio.wait(
+        [again, *tasks], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+    )
+    again.cancel()
+    await asyncio.gather(again, return_exceptions=True)
+
+
 CERTIFICATE_CHECK_SECONDS: Final = 5.0
 """How often the serving certificate files are checked for a rotation: two
 stat calls each time, and well within cert-manager's renewal margin."""
@@ -365,8 +402,11 @@ async def serve(
     background: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
     extra_routes: list[web.RouteDef] | None = None,
     started: Callable[[list[tuple[str, int]]], None] | None = None,
+    shutdown_delay: float = 0.0,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Serve until SIGTERM or SIGINT, then stop gracefully: unready but still
+    serving for `shutdown_delay` seconds (a second signal cuts it short), then
+    refuse new connections and finish the requests in flight."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -393,6 +433,9 @@ async def serve(
         done, _ = await asyncio.wait(
             [stopper, *tasks], return_when=asyncio.FIRST_COMPLETED
         )
+        if stopper in done and shutdown_delay > 0:
+            await _linger(services.lifecycle, stop, tasks, shutdown_delay)
+            done |= {task for task in tasks if task.done()}
         for task in [stopper, *tasks]:
             task.cancel()
         # Let the background jobs finish cancelling while the clients they

@@ -162,7 +162,7 @@ def start_webhook(processes: Processes, tmp: Path) -> tuple[str, str]:
     """Its metrics address and its issuer URL."""
     port, metrics_port = free_port(), free_port()
     argv = [
-        sys.executable, "-m", "webhook", "serve",
+        sys.executable, "-m", "webhook", "serve", "--shutdown-delay", "0",
         "--identities", str(IDENTITIES),
         "--namespaces", str(NAMESPACES),
         "--state-dir", str(tmp / "webhook-state"),

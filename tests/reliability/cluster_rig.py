@@ -254,7 +254,7 @@ def start_cluster_webhook(
     port = port or free_port()
     metrics_port = free_port()
     argv = [
-        "-m", "webhook", "serve", "--source", "kubernetes",
+        "-m", "webhook", "serve", "--source", "kubernetes", "--shutdown-delay", "0",
         "--kubeconfig", str(kubeconfig),
         "--issuer-url", issuer_url,
         "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]),

@@ -153,6 +153,7 @@ def test_keys_and_the_state_directory_get_their_modes_whatever_the_umask(
     server = processes.start(
         "webhook",
         [sys.executable, "-m", "webhook", "serve", "--identities", str(identities),
+         "--shutdown-delay", "0",
          "--state-dir", str(state), "--listen", f"127.0.0.1:{free_port()}",
          "--metrics-listen", f"127.0.0.1:{free_port()}"],
         preexec_fn=_umask(umask),  # type: ignore[arg-type]

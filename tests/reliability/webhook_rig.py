@@ -225,7 +225,7 @@ def start_webhook(
     state = directory / "state"
     port, metrics_port = free_port(), free_port()
     argv = [
-        "-m", "webhook", "--log-level", log_level, "serve",
+        "-m", "webhook", "--log-level", log_level, "serve", "--shutdown-delay", "0",
         "--identities", str(identities), "--namespaces", str(namespaces),
         "--state-dir", str(state),
         "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",

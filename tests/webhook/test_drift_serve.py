@@ -31,7 +31,7 @@ async def replica(
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
     with (tmp_path / f"{name}.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "webhook", "serve",
+            sys.executable, "-m", "webhook", "serve", "--shutdown-delay", "0",
             "--source", "kubernetes",
             "--kubeconfig", str(kubeconfig),
             "--state-dir", str(tmp_path / name),

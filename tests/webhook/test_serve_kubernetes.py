@@ -40,7 +40,7 @@ async def webhook_process(
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
     with (tmp_path / "webhook.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "webhook", "serve",
+            sys.executable, "-m", "webhook", "serve", "--shutdown-delay", "0",
             "--source", "kubernetes",
             "--kubeconfig", str(kubeconfig),
             "--state-dir", str(tmp_path / "state"),

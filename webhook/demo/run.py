@@ -359,6 +359,8 @@ async def demo(paths: Paths) -> None:
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **SAFE_ENV}
     webhook_argv = [
         sys.executable, "-m", "webhook", "serve",
+        # Nothing routes to the demo's webhook through a Service: stop at once.
+        "--shutdown-delay", "0",
         "--identities", str(EXAMPLES / "identities.yaml"),
         "--namespaces", str(EXAMPLES / "namespaces.yaml"),
         "--state-dir", str(paths.state),

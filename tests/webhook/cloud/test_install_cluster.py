@@ -223,12 +223,22 @@ def test_dry_run_and_verify_write_nothing_to_the_cluster(
     assert cluster.status_writes() == writes
 
 
-def test_file_flags_with_the_cluster_source_say_what_to_drop(
-    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_file_settings_left_in_the_environment_are_ignored_with_a_note(
+    cluster: Cluster,
+    moto: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, _ = cluster.run("status", "--state-file", str(tmp_path / "state.json"))
-    assert code == 2
-    assert "--source kubernetes" in capsys.readouterr().err
+    cluster.put(managed())
+    state = tmp_path / "state.json"
+    monkeypatch.setenv("WI_STATE_FILE", str(state))
+    monkeypatch.setenv("WI_IDENTITIES", str(tmp_path / "ids.yaml"))
+    code, out = install(cluster, moto)
+    assert code == 0, out
+    assert "ignoring --identities and --state-file" in capsys.readouterr().err
+    assert not state.exists()
+    assert cluster.status("reports")["installed"] is True
 
 
 def test_an_api_server_that_cannot_be_reached_is_an_error_that_says_so(
