@@ -4,6 +4,7 @@ tokens and a metrics scrape, and CPU used while idle, in key and issuer mode."""
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,9 +118,23 @@ class Sidecar:
 
     def scrape(self) -> None:
         url = f"http://{self.listen}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            if b"workload_identity_sidecar_" not in response.read():
-                raise BenchError("the sidecar's /metrics has none of its metrics")
+        # The first tokens are written before the listener opens: wait for it.
+        deadline = time.monotonic() + TOKEN_TIMEOUT_SECONDS
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    page = response.read()
+                break
+            except urllib.error.URLError as exc:
+                refused = isinstance(exc.reason, ConnectionRefusedError)
+                if not refused or time.monotonic() > deadline or not self.child.alive():
+                    raise BenchError(
+                        f"the sidecar's /metrics did not answer: {exc.reason}"
+                        f"\n{self.child.log_tail()}"
+                    ) from exc
+                time.sleep(0.01)
+        if b"workload_identity_sidecar_" not in page:
+            raise BenchError("the sidecar's /metrics has none of its metrics")
 
 
 def start_and_measure(
