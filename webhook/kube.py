@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -41,6 +42,12 @@ async def load_configuration(
     the kubelet rotates.
     """
     configuration = client.Configuration()
+    if kubeconfig and not os.path.isfile(kubeconfig):  # noqa: ASYNC240 - once, at start
+        # kubernetes-asyncio would only say the file lacks a current-context.
+        raise KubeConfigError(
+            f"kubeconfig {kubeconfig} does not exist or is not a file: pass an "
+            "existing one with --kubeconfig (WI_KUBECONFIG)"
+        )
     try:
         if kubeconfig:
             await config.load_kube_config(

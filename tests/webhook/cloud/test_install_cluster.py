@@ -250,3 +250,18 @@ def test_an_api_server_that_cannot_be_reached_is_an_error_that_says_so(
     err = capsys.readouterr().err
     assert "cannot list WorkloadIdentities" in err
     assert "cannot reach the API server" in err
+
+
+def test_a_kubeconfig_that_does_not_exist_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+    code = main(
+        ["status", "--source", "kubernetes", "--kubeconfig", str(missing),
+         "--issuer-url", ISSUER],
+        out=io.StringIO(),
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"kubeconfig {missing} does not exist" in err
+    assert "--kubeconfig" in err
