@@ -1,5 +1,9 @@
 """Suite-wide guards.
 
+- Whatever a test leaves unclosed (a socket, a transport, a file) is reported
+  by the garbage collector at that test's end, not at a random later one:
+  `collect_garbage` runs after every other fixture has been torn down.
+
 - Nothing a test starts may reach a cloud or a metadata address, so the SDKs'
   fallbacks point at a closed loopback port.
 - No log record of any test may hold a token or a private key: every record
@@ -7,6 +11,7 @@
   down to DEBUG, and a test that logged one fails.
 """
 
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -45,6 +50,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     SCANNER.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Set up first, torn down last: the collection sees all the test left."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 from tests.reliability.support import SOAK, Process
+from tests.streams import close_stream
 
 T = TypeVar("T")
 
@@ -87,7 +88,7 @@ async def stall(
     finally:
         if trickling is not None:
             trickling.cancel()
-        writer.close()
+        await close_stream(writer)
 
 
 async def _trickle(writer: asyncio.StreamWriter) -> None:
@@ -114,7 +115,7 @@ async def oversized(port: int, context: ssl.SSLContext, *, chunked: bool) -> str
             await writer.drain()
         return await _outcome(reader, BODY_WAIT)
     finally:
-        writer.close()
+        await close_stream(writer)
 
 
 async def stalled_while(

@@ -24,6 +24,7 @@ from tests.reliability.webhook_rig import (
     pod,
     review,
 )
+from tests.streams import close_stream
 from webhook import admission, server
 from webhook.cache import Cache
 from webhook.identities import parse_identities
@@ -89,7 +90,7 @@ async def test_a_declared_oversized_body_is_refused_before_it_is_read(
     )
     await writer.drain()
     status = await asyncio.wait_for(reader.readline(), 5)
-    writer.close()
+    await close_stream(writer)
     assert status.split()[1] == b"413"
 
 
@@ -105,7 +106,7 @@ async def test_a_body_that_stalls_is_cut_off_with_408(
     )
     await writer.drain()
     status = await asyncio.wait_for(reader.readline(), 5)
-    writer.close()
+    await close_stream(writer)
     assert status.split()[1] == b"408"
 
 
@@ -137,7 +138,7 @@ async def test_a_request_still_arriving_when_the_server_stops_is_answered() -> N
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.split()[1] == b"200"
     assert b"Connection: close" in head
-    writer.close()
+    await close_stream(writer)
     await asyncio.wait_for(serving, 15)
 
 

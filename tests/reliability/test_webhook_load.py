@@ -33,6 +33,7 @@ from tests.reliability.support import (
     wait_for,
 )
 from tests.reliability.webhook_rig import Webhook, load_mix, start_webhook
+from tests.streams import close_stream
 from webhook.tls import write_self_signed
 
 SOAK_REVIEWS = scaled(15_000, 1_000_000)
@@ -336,24 +337,27 @@ async def half_sent_during_sigterm(
         )
         for _ in bodies
     ]
-    for (_, writer), body in zip(streams, bodies, strict=True):
-        writer.write(
-            b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body[: len(body) // 2])
-        )
-        await writer.drain()
-    await asyncio.sleep(0.3)
-    webhook.process.popen.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)
-    statuses = []
-    for (reader, writer), body in zip(streams, bodies, strict=True):
-        writer.write(body[len(body) // 2 :])
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), 30)
-        statuses.append(line.split()[1].decode() if line else "closed")
-        writer.close()
-    return statuses
+    try:
+        for (_, writer), body in zip(streams, bodies, strict=True):
+            writer.write(
+                b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body[: len(body) // 2])
+            )
+            await writer.drain()
+        await asyncio.sleep(0.3)
+        webhook.process.popen.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        statuses = []
+        for (reader, writer), body in zip(streams, bodies, strict=True):
+            writer.write(body[len(body) // 2 :])
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), 30)
+            statuses.append(line.split()[1].decode() if line else "closed")
+        return statuses
+    finally:
+        for _, writer in streams:
+            await close_stream(writer)
 
 
 def _refused(port: int) -> str:

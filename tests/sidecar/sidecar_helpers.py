@@ -35,6 +35,7 @@ from sidecar.refresh import ProviderState, Refresher
 from sidecar.settings import Settings
 from sidecar.signer import KeyFileSigner, KeySource
 from sidecar.tokens import RefreshError, Token, TokenSource
+from tests.streams import close_stream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "https://oidc.example.test"
@@ -446,7 +447,7 @@ async def exchange(port: int, request: bytes) -> bytes:
         async with asyncio.timeout(5):
             return await reader.read()
     finally:
-        writer.close()
+        await close_stream(writer)
 
 
 async def get(

@@ -31,6 +31,7 @@ from tests.sidecar.sidecar_helpers import (
     get,
     parse_response,
 )
+from tests.streams import close_stream
 
 MakeHarness = Callable[..., Harness]
 STALL_AFTER = 20.0
@@ -376,7 +377,7 @@ async def test_a_slow_client_is_dropped_after_the_read_timeout(
         async with asyncio.timeout(3):
             assert await reader.read() == b""
         assert 0.25 <= time.monotonic() - started < 2
-        writer.close()
+        await close_stream(writer)
 
 
 async def test_slow_and_idle_clients_never_hold_up_the_refresh_loop_or_a_probe(
@@ -405,7 +406,7 @@ async def test_slow_and_idle_clients_never_hold_up_the_refresh_loop_or_a_probe(
         except OSError:
             pass  # dropped by the server: that is the point
         finally:
-            writer.close()
+            await close_stream(writer)
 
     async with served(harness, max_connections=8, read_timeout=10) as port:
         loop_task = asyncio.create_task(loop())
@@ -442,7 +443,7 @@ async def test_stopping_the_server_ends_open_connections_at_once(
         async with asyncio.timeout(1):
             with suppress(ConnectionResetError):
                 assert await reader.read() == b""
-        writer.close()
+        await close_stream(writer)
 
 
 async def test_the_runtime_serves_probes_until_asked_to_stop(

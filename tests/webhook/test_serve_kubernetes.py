@@ -107,7 +107,10 @@ async def test_serve_from_the_api_server_is_ready_once_synced_and_stops_on_sigte
     [
         (["--identities", "identities.yaml"], "--source file only"),
         (["--unready-after", "0"], "--unready-after"),
-        (["--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig FILE"),
+        (
+            ["--kubeconfig", "/nonexistent/kubeconfig"],
+            "kubeconfig /nonexistent/kubeconfig does not exist",
+        ),
     ],
 )
 def test_serve_from_the_api_server_refuses_settings_it_cannot_use(
