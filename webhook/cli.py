@@ -329,8 +329,9 @@ def explain(args: argparse.Namespace) -> dict[str, Any]:
             for v in verdicts
         ],
         "invalid": [
-            {"name": e.document, "field": e.field_path, "reason": e.message}
+            {"name": fault.document, "field": fault.field_path, "reason": fault.message}
             for e in rules.errors
+            for fault in (e, *e.others)
         ],
         "selection": selection,
     }

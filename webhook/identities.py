@@ -7,10 +7,10 @@ the same documents, and every error names the document and the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from oidc_tokens.claims import MAX_LIFETIME_SECONDS, MIN_LIFETIME_SECONDS
 from oidc_tokens.gcp import provider_audience
@@ -39,14 +39,34 @@ class Provider(StrEnum):
     GCP = "gcp"
 
 
-class IdentityError(ValueError):
-    """A WorkloadIdentity document that cannot be used, and why."""
+T = TypeVar("T")
 
-    def __init__(self, document: str, field_path: str, message: str) -> None:
+
+class IdentityError(ValueError):
+    """A WorkloadIdentity document that cannot be used, and why.
+
+    `field_path` and `message` are the first fault found; `others` holds the
+    faults of the document's other parts, so that one edit can fix them all.
+    """
+
+    def __init__(
+        self,
+        document: str,
+        field_path: str,
+        message: str,
+        others: tuple[IdentityError, ...] = (),
+    ) -> None:
         self.document = document
         self.field_path = field_path
         self.message = message
-        super().__init__(f"WorkloadIdentity {document}: {field_path}: {message}")
+        self.others = others
+        super().__init__(f"WorkloadIdentity {document}: {self.faults()}")
+
+    def faults(self) -> str:
+        """Every fault as `field: what is wrong`, separated by semicolons."""
+        return "; ".join(
+            f"{error.field_path}: {error.message}" for error in (self, *self.others)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,17 +364,51 @@ def parse_identity(document: Mapping[str, Any]) -> Identity:
         raise reader.fail(
             f"spec.{other.value}", f"must not be set for provider {provider.value}"
         )
-    permissions = reader.mapping(spec.get("permissions"), "spec.permissions")
+    # The parts below do not depend on each other: read them all, so that an
+    # admin sees every fault of the document at once.
+    faults: list[IdentityError] = []
+
+    def part(read: Callable[[], T]) -> T | None:
+        try:
+            return read()
+        except IdentityError as error:
+            faults.append(error)
+            return None
+
+    permissions = part(
+        lambda: reader.mapping(spec.get("permissions"), "spec.permissions")
+    )
+    scope = part(lambda: _scope(reader, spec.get("scope")))
+    aws = (
+        part(lambda: _aws(reader, spec.get("aws")))
+        if provider is Provider.AWS
+        else None
+    )
+    gcp = (
+        part(lambda: _gcp(reader, spec.get("gcp")))
+        if provider is Provider.GCP
+        else None
+    )
+    expiration = part(lambda: _expiration(reader, spec))
+    description = part(lambda: reader.string(spec, "description", "spec"))
+    if faults:
+        first, *others = faults
+        raise IdentityError(
+            first.document, first.field_path, first.message, tuple(others)
+        )
     generation = metadata.get("generation", 0) if isinstance(metadata, Mapping) else 0
+    # Without faults every part was read.
+    assert expiration is not None
+    assert description is not None
     return Identity(
         name=raw_name,
         provider=provider,
-        scope=_scope(reader, spec.get("scope")),
-        aws=_aws(reader, spec.get("aws")) if provider is Provider.AWS else None,
-        gcp=_gcp(reader, spec.get("gcp")) if provider is Provider.GCP else None,
-        expiration_seconds=_expiration(reader, spec),
-        description=reader.string(spec, "description", "spec"),
-        permissions=permissions,
+        scope=scope,
+        aws=aws,
+        gcp=gcp,
+        expiration_seconds=expiration,
+        description=description,
+        permissions=permissions or {},
         generation=generation if isinstance(generation, int) else 0,
     )
 

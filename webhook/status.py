@@ -108,8 +108,7 @@ def validity(error: IdentityError | None, generation: int) -> Condition:
         CONDITION_VALID,
         "False",
         "InvalidSpec",
-        f"{error.field_path}: {error.message}; the webhook ignores this identity "
-        "until the field is fixed",
+        f"{error.faults()}; the webhook ignores this identity until the field is fixed",
         generation,
     )
 

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from webhook.identities import Provider, parse_identities, parse_identity
+from webhook.identities import (
+    IdentityError,
+    Provider,
+    parse_identities,
+    parse_identity,
+)
+from webhook.status import validity
 
 BASE: dict[str, Any] = {
     "apiVersion": "workloadidentity.dev/v1alpha1",
@@ -115,3 +121,39 @@ def test_a_list_of_identities_is_accepted() -> None:
     other["metadata"]["name"] = "another"
     result = parse_identities([{"kind": "List", "items": [doc(), other]}])
     assert [i.name for i in result.identities] == ["another", "s3-reader"]
+
+
+def test_every_fault_of_a_document_is_reported_at_once() -> None:
+    """One round of edits fixes a document: the error lists the faults of all
+    its parts, not just the first one found."""
+    document = doc()
+    document["spec"]["aws"]["roleArn"] = "arn:aws:iam::42:role/short-account"
+    document["spec"]["scope"]["projects"]["names"] = ["payments", "no spaces"]
+    document["spec"]["token"] = {"expirationSeconds": 5}
+    document["spec"]["description"] = ["not", "text"]
+    with pytest.raises(IdentityError) as raised:
+        parse_identity(document)
+    error = raised.value
+    fields = [fault.field_path for fault in (error, *error.others)]
+    assert fields == [
+        "spec.scope.projects.names[1]",
+        "spec.aws.roleArn",
+        "spec.token.expirationSeconds",
+        "spec.description",
+    ]
+    text = str(error)
+    assert text.startswith("WorkloadIdentity s3-reader: spec.scope.projects.names[1]: ")
+    assert "; spec.aws.roleArn: " in text
+    assert "; spec.token.expirationSeconds: 5 is out of range" in text
+
+
+def test_the_valid_condition_names_every_fault() -> None:
+    document = doc()
+    document["spec"]["aws"]["roleArn"] = "not-an-arn"
+    document["spec"]["token"] = {"expirationSeconds": "soon"}
+    with pytest.raises(IdentityError) as raised:
+        parse_identity(document)
+    condition = validity(raised.value, 3)
+    assert condition.status == "False"
+    assert condition.message.startswith("spec.aws.roleArn: ")
+    assert "; spec.token.expirationSeconds: must be an integer" in condition.message
