@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Final
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,8 +21,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body)
 
 
+PRODUCT_LOGGERS: Final = ("webhook", "oidc_tokens")
+
+
+def product_debug_only(record: logging.LogRecord) -> bool:
+    """Debug lines of the product's own loggers only.
+
+    Libraries log whole requests at DEBUG: botocore the X-Amz-Security-Token
+    header, kubernetes-asyncio the bodies of TokenReviews. `--log-level DEBUG`
+    is for following the product, so their debug lines are never written.
+    """
+    return (
+        record.levelno >= logging.INFO
+        or record.name.partition(".")[0] in PRODUCT_LOGGERS
+    )
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(product_debug_only)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -441,3 +441,23 @@ def test_missing_flags_say_what_to_pass(
     code = main(["status", "--identities", str(identities), "--issuer-url", "http://x"])
     assert code == 2
     assert "must start with https://" in capsys.readouterr().err
+
+
+def test_debug_logs_never_carry_the_aws_session_token(
+    tmp_path: Path,
+    moto: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """botocore logs each request's headers at DEBUG, X-Amz-Security-Token
+    among them: `--log-level DEBUG` must not let that through."""
+    secret = "SECRET-SESSION-TOKEN-1b7f"
+    monkeypatch.setenv("AWS_SESSION_TOKEN", secret)
+    identities = write_identities(tmp_path / "ids.yaml", managed())
+    argv = ["--log-level", "DEBUG", "install", "--identities", str(identities),
+            "--issuer-url", ISSUER, "--aws-endpoint-url", moto,
+            "--state-file", str(tmp_path / "state.json")]  # fmt: skip
+    assert main(argv, out=io.StringIO()) == 0
+    err = capsys.readouterr().err
+    assert secret not in err
+    assert "X-Amz-Security-Token" not in err
