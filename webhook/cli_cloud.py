@@ -32,11 +32,12 @@ from webhook.cloud.cluster_state import ClusterError, cluster_identities
 from webhook.cloud.errors import CloudError
 from webhook.cloud.install import Clouds, CloudSide, Installer, statuses, verify
 from webhook.cloud.plan import Check
-from webhook.cloud.report import render_status
+from webhook.cloud.report import IdentityStatus, InstallState, render_status
 from webhook.cloud.spec import InstallOptions, ProviderSetup
 from webhook.cloud.state import LocalStateFile, StateFileError, StatusStore
 from webhook.identities import (
     Identity,
+    IdentityError,
     IdentityFileError,
     LoadResult,
     Provider,
@@ -202,8 +203,8 @@ class Source:
     """The identities to work on and where install records what it did."""
 
     identities: list[Identity]
-    invalid: int
-    """How many documents were invalid (0 when one identity was asked for)."""
+    errors: list[IdentityError]
+    """The invalid documents among those asked for."""
     store: StatusStore
     where: str
     """Where the record is kept, for the closing line."""
@@ -214,17 +215,19 @@ class Source:
 
 def _chosen(
     args: argparse.Namespace, loaded: LoadResult, err: TextIO
-) -> tuple[list[Identity], int]:
-    for error in loaded.errors:
-        err.write(f"error: {error}\n")
+) -> tuple[list[Identity], list[IdentityError]]:
+    """The identities asked for, and the invalid documents among them."""
+    errors = list(loaded.errors)
     chosen = list(loaded.identities)
     if args.identity:
         chosen = [i for i in chosen if i.name == args.identity]
-        if not chosen:
+        errors = [e for e in errors if e.document == args.identity]
+        if not chosen and not errors:
             where = args.identities if args.source == "file" else "the cluster"
-            raise CloudUsageError(f"no valid identity named {args.identity} in {where}")
-        return chosen, 0
-    return chosen, len(loaded.errors)
+            raise CloudUsageError(f"no identity named {args.identity} in {where}")
+    for error in errors:
+        err.write(f"error: {error}\n")
+    return chosen, errors
 
 
 @contextlib.contextmanager
@@ -240,10 +243,10 @@ def _source(args: argparse.Namespace, err: TextIO) -> Iterator[Source]:
             )
         in_pod = "KUBERNETES_SERVICE_HOST" in os.environ
         with cluster_identities(args.kubeconfig or None, in_cluster=in_pod) as found:
-            identities, invalid = _chosen(args, found.loaded, err)
+            identities, errors = _chosen(args, found.loaded, err)
             yield Source(
                 identities,
-                invalid,
+                errors,
                 found.store,
                 "the WorkloadIdentities' status",
                 lists_removed=False,
@@ -255,8 +258,8 @@ def _source(args: argparse.Namespace, err: TextIO) -> Iterator[Source]:
             "--source kubernetes to read them from the cluster"
         )
     path = state_file or DEFAULT_STATE_FILE
-    identities, invalid = _chosen(args, load_identity_file(args.identities), err)
-    yield Source(identities, invalid, LocalStateFile(path), path, lists_removed=True)
+    identities, errors = _chosen(args, load_identity_file(args.identities), err)
+    yield Source(identities, errors, LocalStateFile(path), path, lists_removed=True)
 
 
 def _jwks(path: str | None) -> str | None:
@@ -358,8 +361,8 @@ def _clouds(args: argparse.Namespace) -> Clouds:
 
 
 def cmd_install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    options = _options(args)
     with _source(args, err) as source:
-        options = _options(args)
         for warning in issuer_warnings(args, options, source.identities):
             err.write(warning + "\n")
         store = None if args.dry_run else source.store
@@ -378,14 +381,14 @@ def cmd_install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
             f"recorded in {source.where}\n"
         )
-    return 1 if failed or source.invalid else 0
+    return 1 if failed or source.errors else 0
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    options = _options(args)
     with _source(args, err) as source:
-        options = _options(args)
         worst = verify(source.identities, options, _clouds(args), out)
-    if worst is Check.WRONG or source.invalid:
+    if worst is Check.WRONG or source.errors:
         return 1
     if worst is Check.UNKNOWN:
         out.write(
@@ -396,10 +399,14 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    options = _options(args)
     with _source(args, err) as source:
-        options = _options(args)
         records = source.store.load()
-    found = statuses(source.identities, options, records)
+    found = [
+        *statuses(source.identities, options, records),
+        *(invalid_status(error) for error in source.errors),
+    ]
+    found.sort(key=lambda status: status.name)
     known = {identity.name for identity in source.identities}
     orphans = (
         []
@@ -412,10 +419,17 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "removed": [record.identity for record in orphans],
         }
         out.write(json.dumps(body, indent=2) + "\n")
-        return 0
-    for line in render_status(found, orphans):
-        out.write(line + "\n")
-    return 0
+    else:
+        for line in render_status(found, orphans):
+            out.write(line + "\n")
+    return 1 if source.errors else 0
+
+
+def invalid_status(error: IdentityError) -> IdentityStatus:
+    """An identity whose document is invalid: nothing can be installed for it."""
+    return IdentityStatus(
+        error.document, "?", InstallState.FAILED, f"invalid spec: {error.faults()}"
+    )
 
 
 def run_cloud_command(args: argparse.Namespace, out: TextIO) -> int:

@@ -67,6 +67,13 @@ async def load_configuration(
             f"cannot configure the Kubernetes client ({exc}): run in a pod, or "
             "pass --kubeconfig FILE (WI_KUBECONFIG)"
         ) from exc
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # A file that is YAML but no kubeconfig (empty, a list, wrong types)
+        # fails inside kubernetes-asyncio with these instead.
+        raise KubeConfigError(
+            f"kubeconfig {kubeconfig or '(default)'} is not a usable kubeconfig "
+            f"({type(exc).__name__}: {exc}): check it with `kubectl config view`"
+        ) from exc
     return configuration
 
 

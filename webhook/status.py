@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from webhook.identities import IdentityError
+from webhook.identities import IdentityError, parse_identity
 from webhook.kube import GROUP, PLURAL, VERSION, Kube, call_json
 
 CONDITION_VALID: Final = "Valid"
@@ -180,8 +180,11 @@ def with_condition(
     now: datetime.datetime | None = None,
 ) -> dict[str, Any] | None:
     """`status` with `condition` set, or None when it already says the same."""
+    raw = status.get("conditions")
     conditions = [
-        dict(c) for c in status.get("conditions") or [] if isinstance(c, Mapping)
+        dict(c)
+        for c in (raw if isinstance(raw, list) else [])
+        if isinstance(c, Mapping)
     ]
     for index, current in enumerate(conditions):
         if current.get("type") != condition.type:
@@ -195,6 +198,36 @@ def with_condition(
     else:
         conditions.append(condition.to_dict(timestamp(now)))
     return {**status, "conditions": conditions}
+
+
+_FROM_OPTIONS: Final = ("issuer", "inlineJwksSha256")
+"""Parts of an install snapshot that come from install's flags, not the spec."""
+
+INSTALL_HINT: Final = "run `python -m webhook install --source kubernetes`"
+
+
+def spec_installed(obj: Mapping[str, Any]) -> bool | None:
+    """Whether what install applied covers `obj`'s current spec: its cloud
+    target and permissions as in `installedSnapshot` (or, for a record without
+    one, `spec.permissions` alone). None when install never succeeded."""
+    current = status_of(obj)
+    if current.installed_permissions_hash is None:
+        return None
+    snapshot = _mapping(_mapping(obj.get("status")).get("installedSnapshot"))
+    if not snapshot:
+        return current.installed
+    # Imported here: the cloud side is not needed for anything else in here.
+    from webhook.cloud.spec import canonical, install_snapshot
+
+    try:
+        now = install_snapshot(parse_identity(obj), str(snapshot.get("issuer", "")))
+    except IdentityError:
+        return current.installed  # the Valid condition says what is wrong
+    from_spec = [
+        {k: v for k, v in body.items() if k not in _FROM_OPTIONS}
+        for body in (now, snapshot)
+    ]
+    return canonical(from_spec[0]) == canonical(from_spec[1])
 
 
 def install_condition(obj: Mapping[str, Any]) -> Condition | None:
@@ -216,23 +249,33 @@ def install_condition(obj: Mapping[str, Any]) -> Condition | None:
             f"{failure.get('at', '?')}: {failure.get('message', '')}",
             current.generation,
         )
-    if current.installed_permissions_hash is None:
-        return None
-    if current.installed:
+    installed = spec_installed(obj)
+    if installed is None:
+        if not failure:
+            return None
+        return Condition(
+            CONDITION_INSTALLED,
+            "False",
+            "Pending",
+            f"never installed; the spec changed since generation "
+            f"{failure.get('generation', '?')} failed to install: {INSTALL_HINT}",
+            current.generation,
+        )
+    if installed:
         return Condition(
             CONDITION_INSTALLED,
             "True",
             "Installed",
-            "the permissions of the current spec are installed (generation "
-            f"{current.installed_generation})",
+            "the cloud target and permissions of the current spec are installed "
+            f"(generation {current.installed_generation})",
             current.generation,
         )
     return Condition(
         CONDITION_INSTALLED,
         "False",
         "Pending",
-        f"spec.permissions changed since generation {current.installed_generation} "
-        "was installed: run `python -m webhook install --source kubernetes`",
+        "the cloud target or permissions changed since generation "
+        f"{current.installed_generation} was installed: {INSTALL_HINT}",
         current.generation,
     )
 
@@ -243,14 +286,15 @@ def with_install_state(
     """`obj`'s status with `installed` and the `Installed` condition brought up to
     date with its current spec, or None when they already are.
 
-    The webhook calls it for every identity it watches, so a permission edit
-    turns the Installed column to false without anyone running `status`.
+    The webhook calls it for every identity it watches, so an edit that needs
+    an install turns the Installed column to false without anyone running
+    `status`.
     """
     condition = install_condition(obj)
     if condition is None:
         return None
     status = dict(_mapping(obj.get("status")))
-    installed = status_of(obj).installed
+    installed = bool(spec_installed(obj))
     changed = status.get("installed") is not installed
     status["installed"] = installed
     updated = with_condition(status, condition, now=now)

@@ -22,7 +22,8 @@ It keeps the semantics the webhook relies on:
 - every request must carry the admin bearer token.
 
 Tests steer it: `broken[resource] = status` fails a resource's requests
-(lists and watches; for "leases", every Lease call), `end_watches()` ends open
+(lists and watches; for "leases", every Lease call), `status_refused[name] =
+status` fails the status writes of one WorkloadIdentity, `end_watches()` ends open
 streams as their timeout would,
 `drop_watches()` cuts them, `compact()` forgets the
 history, `hold_watches()` keeps changes from watches (not from reads), `stop()`
@@ -160,6 +161,8 @@ class FakeKube:
         self.watchers: list[Watcher] = []
         self.broken: dict[str, int] = {}
         """Resource -> HTTP status that its lists and watches answer."""
+        self.status_refused: dict[str, int] = {}
+        """WorkloadIdentity name -> HTTP status that writes of its status answer."""
         self.tokens: dict[str, ReviewedToken] = {}
         self.reviews: list[Obj] = []
         """The spec of each TokenReview received, without its token."""
@@ -550,6 +553,9 @@ class FakeKube:
         current = self.objects[IDENTITIES].get(name)
         if current is None:
             return failure(404, "NotFound", f'workloadidentities "{name}" not found')
+        if name in self.status_refused:
+            code = self.status_refused[name]
+            return failure(code, "InternalError", "the status write was refused")
         sent = (body.get("metadata") or {}).get("resourceVersion")
         if sent != current["metadata"]["resourceVersion"]:
             return failure(

@@ -3,6 +3,7 @@ conditions written through the status subresource of the fake API server."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +14,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from tests.webhook.cluster_support import aws_identity
 from tests.webhook.fake_kube import IDENTITIES, FakeKube, Obj
 from webhook.cloud.cluster_state import record_of, status_with_record
+from webhook.cloud.spec import install_snapshot
 from webhook.cloud.state import InstallRecord
+from webhook.identities import parse_identity
 from webhook.kube import Kube
 from webhook.report import reported_status
 from webhook.status import (
@@ -41,8 +44,8 @@ async def record_installed(
     """What `install --source kubernetes` writes after it applied `permissions`
     read at `generation`."""
     record = InstallRecord(name, "aws").succeeded(
-        {"permissions": permissions}, "sha256:spec", permissions_hash(permissions),
-        generation, {"mode": "automatic"},
+        {}, "sha256:spec", permissions_hash(permissions), generation,
+        {"mode": "automatic"},
     )  # fmt: skip
     await update_status(kube, name, lambda obj: status_with_record(obj, record))
 
@@ -160,9 +163,11 @@ async def test_the_install_record_survives_the_crd_schema_and_reads_back_whole(
     """The fake prunes what the CRD's status schema does not declare, as the
     API server does: a field install writes but the CRD forgot would vanish."""
     fake_kube.put_identity(with_permissions(POLICY))
+    snapshot = install_snapshot(
+        parse_identity(with_permissions(POLICY)), "https://issuer.example"
+    )
     record = InstallRecord("s3-reader", "aws").succeeded(
-        {"issuer": "https://issuer.example", "permissions": POLICY},
-        "sha256:spec", permissions_hash(POLICY), 1,
+        snapshot, "sha256:spec", permissions_hash(POLICY), 1,
         {"mode": "automatic", "provider": "arn:aws:iam::1:oidc-provider/x"},
     )  # fmt: skip
     await update_status(kube, "s3-reader", lambda obj: status_with_record(obj, record))
@@ -192,9 +197,7 @@ async def test_the_install_record_survives_the_crd_schema_and_reads_back_whole(
     assert "iam:CreateRole" in condition["message"]
 
     # The next success clears the failure.
-    again = failed.succeeded(
-        {"permissions": POLICY}, "sha256:spec", permissions_hash(POLICY), 1, {}
-    )
+    again = failed.succeeded(snapshot, "sha256:spec", permissions_hash(POLICY), 1, {})
     await update_status(kube, "s3-reader", lambda obj: status_with_record(obj, again))
     stored = fake_kube.objects[IDENTITIES]["s3-reader"]
     assert "lastInstallFailure" not in stored["status"]
@@ -241,3 +244,54 @@ def test_the_webhook_turns_installed_false_when_the_permissions_are_edited() -> 
 def test_an_identity_install_never_ran_for_gets_no_install_condition() -> None:
     assert install_condition(with_permissions(POLICY)) is None
     assert reported_status(with_permissions(POLICY)).status is None
+
+
+def installed_object(document: Obj, generation: int = 1) -> Obj:
+    """`document` at `generation`, with the status install writes for it."""
+    obj = {**document, "metadata": {**document["metadata"], "generation": generation}}
+    snapshot = install_snapshot(parse_identity(obj), "https://issuer.example")
+    record = InstallRecord("s3-reader", "aws").succeeded(
+        snapshot, "sha256:spec", permissions_hash(POLICY), generation, {}
+    )
+    return {**obj, "status": status_with_record(obj, record)}
+
+
+def test_a_new_role_is_pending_install_like_new_permissions() -> None:
+    """The Installed column covers the cloud target as well: a pod given the
+    new role before install made it would get refused credentials."""
+    obj = installed_object(with_permissions(POLICY))
+    assert obj["status"]["installed"] is True
+    moved = copy.deepcopy(obj)
+    moved["metadata"]["generation"] = 2
+    moved["spec"]["aws"]["roleArn"] = "arn:aws:iam::111122223333:role/other"
+    status = reported_status(moved).status
+    assert status is not None
+    assert status["installed"] is False
+    (condition,) = status["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", "Pending")
+    assert "cloud target or permissions changed" in condition["message"]
+
+
+def test_a_failed_install_of_an_older_generation_reads_as_pending() -> None:
+    obj = with_permissions(POLICY)
+    obj["metadata"]["generation"] = 1
+    failed = InstallRecord("s3-reader", "aws").failed("sha256:spec", 1, "denied")
+    obj["status"] = status_with_record(obj, failed)
+    (condition,) = obj["status"]["conditions"]
+    assert condition["reason"] == "InstallFailed"
+
+    obj["metadata"]["generation"] = 2  # edited since
+    status = reported_status(obj).status
+    assert status is not None
+    (condition,) = status["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", "Pending")
+    assert "never installed" in condition["message"]
+
+
+def test_conditions_that_are_not_a_list_are_replaced_not_fatal() -> None:
+    obj = with_permissions(POLICY)
+    obj["status"] = {"conditions": 5}
+    status = status_with_record(
+        obj, InstallRecord("s3-reader", "aws").failed("sha256:spec", 0, "denied")
+    )
+    assert [c["type"] for c in status["conditions"]] == ["Installed"]

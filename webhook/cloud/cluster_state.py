@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from webhook.cloud.state import Failure, InstallRecord
+from webhook.cloud.state import Failure, IdentityGone, InstallRecord, RecordError
 from webhook.identities import API_VERSION, KIND, LoadResult
 from webhook.inventory import identities_of, list_all
 from webhook.kube import (
@@ -161,10 +163,18 @@ class ClusterStatusStore:
 
     def save(self, record: InstallRecord) -> None:
         """Write `record` into the identity's status; the object is read
-        afresh first, and a lost race (409) reads and writes again."""
+        afresh first, and a lost race (409) reads and writes again.
+
+        A failure is added to the install record as just read, so that a
+        success another run recorded meanwhile is kept.
+        """
 
         def change(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-            status = status_with_record(obj, record)
+            written = record
+            fresh = record_of(obj)
+            if record.failure is not None and fresh is not None:
+                written = dataclasses.replace(fresh, failure=record.failure)
+            status = status_with_record(obj, written)
             return None if status == obj.get("status") else status
 
         try:
@@ -172,20 +182,27 @@ class ClusterStatusStore:
                 update_status(self.kube, record.identity, change), CALL_TIMEOUT_SECONDS
             )
         except ApiException as exc:
-            hint = (
-                "; the account needs update on workloadidentities/status"
-                if exc.status in (401, 403)
-                else "; run install again"
-            )
-            raise ClusterError(
-                f"installed {record.identity} in the cloud but could not record it "
-                f"in its status: {describe_error(exc)}{hint}"
+            if exc.status == 404:
+                raise IdentityGone(
+                    f"WorkloadIdentity {record.identity} was deleted meanwhile"
+                ) from exc
+            raise RecordError(
+                f"cannot write the status of {record.identity}: "
+                f"{describe_error(exc)}{_hint(exc, 'update on workloadidentities/status')}"
             ) from exc
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(
-                f"installed {record.identity} in the cloud but could not record it "
-                f"in its status: {describe_error(exc)}; run install again"
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise RecordError(
+                f"cannot write the status of {record.identity}: "
+                f"{describe_error(exc)}; run install again"
             ) from exc
+
+
+def _hint(exc: ApiException, needs: str) -> str:
+    if exc.status == 401:
+        return "; the API server refused the credentials: renew the kubeconfig's token"
+    if exc.status == 403:
+        return f"; the account needs {needs}"
+    return "; run install again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +221,8 @@ async def _list_identities(kube: Kube) -> list[dict[str, Any]]:
         )
     except Exception as exc:
         hint = (
-            "; the account needs get and list on workloadidentities"
-            if isinstance(exc, ApiException) and exc.status in (401, 403)
+            _hint(exc, "get and list on workloadidentities")
+            if isinstance(exc, ApiException)
             else ""
         )
         raise ClusterError(

@@ -33,7 +33,7 @@ from webhook.cloud.spec import (
     parse_permissions,
     snapshot_hash,
 )
-from webhook.cloud.state import InstallRecord, StatusStore
+from webhook.cloud.state import IdentityGone, InstallRecord, RecordError, StatusStore
 from webhook.identities import Identity, IdentityError, Provider
 from webhook.status import permissions_hash
 
@@ -156,7 +156,10 @@ class Installer:
         if not shown:
             self.out.write(f"  FAILED: {message}\n")
         if self.store is not None and not self.dry_run:
-            self.store.save(record.failed(spec_hash, generation, message))
+            try:
+                self.store.save(record.failed(spec_hash, generation, message))
+            except RecordError as exc:
+                self.out.write(f"  and the failure could not be recorded: {exc}\n")
         return Outcome(record.identity, ok=False, message=message)
 
     def _one(
@@ -234,15 +237,25 @@ class Installer:
             and dict(record.setup) == dict(setup)
         )
         if self.store is not None and not unchanged_record:
-            self.store.save(
-                record.succeeded(
-                    snapshot,
-                    spec_hash,
-                    permissions_hash(identity.permissions),
-                    identity.generation,
-                    setup,
+            try:
+                self.store.save(
+                    record.succeeded(
+                        snapshot,
+                        spec_hash,
+                        permissions_hash(identity.permissions),
+                        identity.generation,
+                        setup,
+                    )
                 )
-            )
+            except IdentityGone as exc:
+                # Deleted meanwhile: what was made in the cloud stays, as after
+                # any deletion (install never deletes cloud resources).
+                self.out.write(f"  installed, but not recorded: {exc}\n")
+                return Outcome(identity.name, ok=True, changed=bool(made))
+            except RecordError as exc:
+                message = f"installed in the cloud, but not recorded: {exc}"
+                self.out.write(f"  FAILED: {message}\n")
+                return Outcome(identity.name, ok=False, message=message)
             if not made:
                 self.out.write(
                     "  nothing changed in the cloud; recorded as installed\n"

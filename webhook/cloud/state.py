@@ -118,8 +118,21 @@ class InstallRecord:
         )
 
 
+class RecordError(Exception):
+    """What install did for one identity could not be recorded; the others
+    can still be. The message says why and what to do."""
+
+
+class IdentityGone(RecordError):
+    """The identity was deleted while install ran: there is nothing to record."""
+
+
 class StatusStore(Protocol):
-    """Where install records what it did: a state file, or `.status` in a cluster."""
+    """Where install records what it did: a state file, or `.status` in a cluster.
+
+    `save` raises RecordError when one identity's record cannot be written,
+    and StateFileError when nothing can be (install then stops).
+    """
 
     def load(self) -> dict[str, InstallRecord]: ...
 

@@ -24,6 +24,7 @@ from tests.webhook.cloud.test_install_aws import (
 )
 from tests.webhook.fake_kube import IDENTITIES, FakeKube, Obj, write_kubeconfig
 from webhook.cli import main
+from webhook.cloud import cluster_state
 
 T = TypeVar("T")
 
@@ -265,3 +266,67 @@ def test_a_kubeconfig_that_does_not_exist_is_named(
     err = capsys.readouterr().err
     assert f"kubeconfig {missing} does not exist" in err
     assert "--kubeconfig" in err
+
+
+def test_one_identity_that_cannot_be_recorded_stops_none_of_the_others(
+    cluster: Cluster, moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alpha is deleted between the list and its status write, beta's status
+    writes are refused: gamma is still installed and recorded, and the run
+    ends with its summary."""
+    for name in ("alpha", "beta", "gamma"):
+        cluster.put(managed(name))
+    cluster.call(lambda: cluster.fake.status_refused.update(beta=500))
+    listed = cluster_state.identities_of
+
+    def list_then_delete(objects: Any) -> Any:
+        loaded = listed(objects)
+        cluster.call(lambda: cluster.fake.delete(IDENTITIES, "alpha"))
+        return loaded
+
+    monkeypatch.setattr(cluster_state, "identities_of", list_then_delete)
+    code, out = install(cluster, moto)
+    assert code == 1, out
+    assert "installed, but not recorded: WorkloadIdentity alpha was deleted" in out
+    assert "beta (aws)" in out and "installed in the cloud, but not recorded" in out
+    assert "2 installed (2 changed), 1 failed: beta" in out
+    assert cluster.status("gamma")["installed"] is True
+    assert {r["RoleName"] for r in iam(moto).list_roles()["Roles"]} >= {
+        "alpha",
+        "beta",
+        "gamma",
+    }
+
+
+def test_a_failure_keeps_the_success_another_run_recorded_meanwhile(
+    cluster: Cluster, moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster.put(managed())
+    assert install(cluster, moto)[0] == 0
+    installed = cluster.status("reports")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")  # this run fails
+    requests.post(f"{moto}/moto-api/reset-auth", data=b"0", timeout=10)
+    try:
+        code, _ = install(cluster, moto)
+    finally:
+        requests.post(f"{moto}/moto-api/reset-auth", data=b"inf", timeout=10)
+    assert code == 1
+    after = cluster.status("reports")
+    for field in ("installedSnapshot", "installedGeneration", "installedAt"):
+        assert after[field] == installed[field]
+    assert "lastInstallFailure" in after
+
+
+def test_status_lists_an_invalid_identity_as_failed_and_exits_1(
+    cluster: Cluster,
+) -> None:
+    cluster.put(managed())
+    broken = aws_document("broken")
+    broken["spec"]["aws"]["roleArn"] = "not-an-arn"
+    cluster.put(broken)
+    code, out = cluster.run("status", "--output", "json")
+    assert code == 1
+    listed = {e["name"]: e for e in json.loads(out)["identities"]}
+    assert listed["broken"]["state"] == "failed"
+    assert "spec.aws.roleArn" in listed["broken"]["summary"]
+    assert listed["reports"]["state"] == "pending"
