@@ -297,11 +297,15 @@ class InFlight:
     clients take their next request elsewhere.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lifecycle: Lifecycle | None = None) -> None:
         self.count = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self.stopping = False
+        self._lifecycle = lifecycle
+        """Once it is stopping, each answer closes its connection too."""
+        self.busy: set[object] = set()
+        """The connections (aiohttp protocols) with a request being handled."""
 
     @web.middleware
     async def middleware(
@@ -311,15 +315,30 @@ class InFlight:
     ) -> web.StreamResponse:
         self.count += 1
         self.idle.clear()
+        self.busy.add(request.protocol)
         try:
             response = await handler(request)
-            if self.stopping:
+            if self.stopping or (self._lifecycle and self._lifecycle.stopping):
                 response.force_close()
             return response
         finally:
+            self.busy.discard(request.protocol)
             self.count -= 1
             if not self.count:
                 self.idle.set()
+
+    def close_idle(self, runner: web.AppRunner) -> None:
+        """Close the connections that wait for a next request; the others
+        close after their answer."""
+        if runner.server is None:
+            return
+        for connection in runner.server.connections:
+            if connection in self.busy:
+                connection.close()
+            else:
+                # close() alone leaves an idle kept-alive connection open in
+                # aiohttp: it ends the wait for a request but not the transport.
+                connection.force_close()
 
     async def drain(self) -> None:
         """Return once no request is in flight; answers close their connection
@@ -328,12 +347,19 @@ class InFlight:
         await self.idle.wait()
 
 
+IN_FLIGHT: Final = web.AppKey("in_flight", InFlight)
+
+
 @contextlib.asynccontextmanager
 async def running_site(
-    app: web.Application, listen: str, ssl: ReloadingContext | None
+    app: web.Application,
+    listen: str,
+    ssl: ReloadingContext | None,
+    lifecycle: Lifecycle | None = None,
 ) -> AsyncIterator[web.AppRunner]:
-    in_flight = InFlight()
+    in_flight = InFlight(lifecycle)
     app.middlewares.append(in_flight.middleware)
+    app[IN_FLIGHT] = in_flight
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -357,20 +383,28 @@ async def running_site(
 
 async def _linger(
     lifecycle: Lifecycle,
-    stop: asyncio.Event,
+    runner: web.AppRunner,
+    stop_now: asyncio.Event,
     tasks: list[asyncio.Task[None]],
     seconds: float,
 ) -> None:
     """Keep serving, unready, for `seconds`, or until another signal or a
-    background job ends."""
+    background job ends.
+
+    Clients keep their connections across the Service's change, so each is
+    told to go: idle ones are closed now, busy ones after their answer, and
+    every answer from here on carries `Connection: close`. Their next request
+    opens a new connection, which the Service sends to a ready replica once
+    it knows, and to this one, still answering, until then.
+    """
     lifecycle.stopping = True
     log.info(
         "stop requested: /readyz answers 503; serving %g s more while the API "
-        "server stops sending requests here (signal again to stop now)",
+        "server stops sending requests here (signal again to skip the wait)",
         seconds,
     )
-    stop.clear()
-    again = asyncio.create_task(stop.wait())
+    runner.app[IN_FLIGHT].close_idle(runner)
+    again = asyncio.create_task(stop_now.wait())
     await asyncio.wait(
         [again, *tasks], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
     )
@@ -405,16 +439,23 @@ async def serve(
     shutdown_delay: float = 0.0,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully: unready but still
-    serving for `shutdown_delay` seconds (a second signal cuts it short), then
-    refuse new connections and finish the requests in flight."""
-    stop = asyncio.Event()
+    serving for `shutdown_delay` seconds (a second signal skips the rest of
+    that wait), then refuse new connections and finish the requests in
+    flight."""
+    stop, stop_now = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            stop_now.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
 
     app = create_app(services, extra_routes=extra_routes)
     async with (
-        running_site(app, listen, tls) as main_runner,
+        running_site(app, listen, tls, services.lifecycle) as main_runner,
         running_site(
             create_metrics_app(services.metrics), metrics_listen, None
         ) as metrics_runner,
@@ -434,7 +475,9 @@ async def serve(
             [stopper, *tasks], return_when=asyncio.FIRST_COMPLETED
         )
         if stopper in done and shutdown_delay > 0:
-            await _linger(services.lifecycle, stop, tasks, shutdown_delay)
+            await _linger(
+                services.lifecycle, main_runner, stop_now, tasks, shutdown_delay
+            )
             done |= {task for task in tasks if task.done()}
         for task in [stopper, *tasks]:
             task.cancel()
