@@ -95,6 +95,8 @@ class IssuerMode:
     token_url: str
     ca_file: Path | None
     sa_token_file: Path
+    ca_pem: str = ""
+    """Certificates given inline (WI_ISSUER_CA), trusted besides `ca_file`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,10 +327,18 @@ def _issuer_mode(check: _Checker) -> IssuerMode:
     sa_token_file = check.required(
         "sa_token_file", "mount a projected ServiceAccount token and name it"
     )
+    ca_pem = check.raw("issuer_ca")
+    if ca_pem and "-----BEGIN CERTIFICATE-----" not in ca_pem:
+        check.problem(
+            "issuer_ca",
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the "
+            "issuer's CA certificates, or leave it empty",
+        )
     return IssuerMode(
         token_url=url,
         ca_file=Path(ca_file) if ca_file else None,
         sa_token_file=Path(sa_token_file),
+        ca_pem=ca_pem,
     )
 
 

@@ -30,12 +30,17 @@ MAX_ANSWER_BYTES: Final = 65_536
 _MAX_ERROR_CHARS: Final = 200
 
 
-def client_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Verify the issuer against `ca_file`, or the system trust store without one.
+def client_ssl_context(ca_file: Path | None, ca_pem: str = "") -> ssl.SSLContext:
+    """Verify the issuer against `ca_file`, or the system trust store without
+    one, and against the certificates in `ca_pem` as well.
 
-    Raises OSError or ssl.SSLError for a CA file that is missing or not PEM.
+    Raises OSError or ssl.SSLError for a CA file that is missing or not PEM,
+    or PEM text that holds no certificate.
     """
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if ca_pem:
+        context.load_verify_locations(cadata=ca_pem)
+    return context
 
 
 class IssuerSource:

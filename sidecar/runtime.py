@@ -171,11 +171,12 @@ def _issuer_source(signing: IssuerMode) -> TokenSource:
     from sidecar.issuer import IssuerSource, client_ssl_context
 
     try:
-        context = client_ssl_context(signing.ca_file)
+        context = client_ssl_context(signing.ca_file, signing.ca_pem)
     except OSError as exc:  # ssl.SSLError is one
         raise StartupError(
-            f"cannot load the issuer CA bundle {signing.ca_file} ({exc}); mount a "
-            "PEM bundle there or fix --issuer-ca-file / WI_ISSUER_CA_FILE"
+            f"cannot load the issuer's CA certificates ({exc}): fix the PEM bundle "
+            f"{signing.ca_file or '(none)'} of --issuer-ca-file / WI_ISSUER_CA_FILE, "
+            "or the PEM text of --issuer-ca / WI_ISSUER_CA"
         ) from exc
     return IssuerSource(
         ssl_context=context,

@@ -75,6 +75,13 @@ class Settings:
         "(empty: the system trust store)",
         metavar="FILE",
     )
+    issuer_ca: str = _setting(
+        "",
+        "PEM certificates, inline, that verify the issuer's TLS certificate "
+        "besides --issuer-ca-file or the system trust store (the webhook sets it "
+        "to its own CA)",
+        metavar="PEM",
+    )
     sa_token_file: str = _setting(
         "/var/run/secrets/workloadidentity.dev-sa/token",
         "projected ServiceAccount token presented to the issuer; re-read "

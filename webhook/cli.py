@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,6 +127,14 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
         default="",
     )
     _flag(
+        parser,
+        "--issuer-ca-bundle",
+        "WI_ISSUER_CA_BUNDLE",
+        "PEM file of the CA that signed this webhook's serving certificate: "
+        "sidecars get its certificates inline (WI_ISSUER_CA) to trust /token",
+        default="",
+    )
+    _flag(
         parser, "--sidecar-key-secret", "WI_SIDECAR_KEY_SECRET",
         "Secret with key.pem for key mode", default=defaults.key_secret,
     )  # fmt: skip
@@ -142,6 +151,30 @@ def _add_sidecar_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def read_ca_bundle(path: str) -> str:
+    """The certificates of `path` as PEM text, checked to load as trust anchors.
+
+    Read once, at start: a new CA reaches new pods after the webhook restarts.
+    """
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="ascii") as stream:
+            text = stream.read()
+        ssl.create_default_context(cadata=text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # SSLError is OSError
+        raise UsageError(
+            f"--issuer-ca-bundle {path}: cannot use it as the issuer's CA ({exc}); "
+            "point it at the ca.crt of the webhook's TLS Secret"
+        ) from exc
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise UsageError(
+            f"--issuer-ca-bundle {path} holds no PEM certificate; point it at the "
+            "ca.crt of the webhook's TLS Secret"
+        )
+    return text.strip() + "\n"
+
+
 def sidecar_settings(args: argparse.Namespace, *, issuer_url: str) -> SidecarSettings:
     return SidecarSettings(
         image=args.sidecar_image,
@@ -150,6 +183,7 @@ def sidecar_settings(args: argparse.Namespace, *, issuer_url: str) -> SidecarSet
         issuer_url=issuer_url,
         issuer_service_url=args.issuer_service_url,
         issuer_ca_file=args.issuer_ca_file,
+        issuer_ca_pem=read_ca_bundle(args.issuer_ca_bundle),
         key_secret=args.sidecar_key_secret,
         gcp_sts_url=args.gcp_sts_url,
         gcp_iam_credentials_url=args.gcp_iam_credentials_url,

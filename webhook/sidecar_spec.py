@@ -53,6 +53,9 @@ class SidecarSettings:
     """Where the sidecar fetches tokens in issuer mode."""
     issuer_ca_file: str = ""
     """Path of the issuer's CA bundle inside the sidecar, if not system trust."""
+    issuer_ca_pem: str = ""
+    """The issuer's CA certificates, given to the sidecar inline: no file of the
+    webhook's namespace can be mounted into a pod of another namespace."""
     key_secret: str = "workload-identity-signing-key"
     """Secret holding `key.pem`, mounted into the sidecar alone (key mode)."""
     gcp_sts_url: str = DEFAULT_STS_URL
@@ -113,6 +116,8 @@ def sidecar_env(
         ]
         if settings.issuer_ca_file:
             env.append(_env("WI_ISSUER_CA_FILE", settings.issuer_ca_file))
+        if settings.issuer_ca_pem:
+            env.append(_env("WI_ISSUER_CA", settings.issuer_ca_pem))
     if context.aws is not None and context.aws.aws is not None:
         aws = context.aws.aws
         env += [

@@ -132,6 +132,9 @@ def test_tls_and_signing_key_come_from_mounted_secrets() -> None:
     assert signing_dir == "/etc/workload-identity/signing"
     assert flags["--tls-cert"] == [f"{tls_dir}/tls.crt"]
     assert flags["--tls-key"] == [f"{tls_dir}/tls.key"]
+    # The CA of the same Secret goes to the sidecars, to trust /token: both
+    # overlays (cert-manager and the certgen Job) write ca.crt beside tls.crt.
+    assert flags["--issuer-ca-bundle"] == [f"{tls_dir}/ca.crt"]
     assert "--signing-key" not in flags, (
         "set in the ConfigMap, so rotation needs no patch"
     )

@@ -162,7 +162,8 @@ def test_signing_keys_rotate_while_a_client_exchanges_tokens_without_one_failure
         world.directory / "tokens",
         mode="issuer",
         issuer_token_url=webhook.token_url,
-        issuer_ca_file=str(world.tls[0]),
+        # Inline, as the webhook injects it (WI_ISSUER_CA), not as a file.
+        issuer_ca=world.tls[0].read_text(),
         sa_token_file=str(sa_file),
         aws_identity="reports",
     )

@@ -140,6 +140,16 @@ def test_issuer_mode_needs_an_https_token_url() -> None:
     assert "is not an https:// URL" in problem
 
 
+def test_an_inline_issuer_ca_must_hold_a_pem_certificate() -> None:
+    env = {
+        "WI_AWS_IDENTITY": "s3-reader",
+        "WI_ISSUER_TOKEN_URL": "https://issuer.test/token",
+        "WI_ISSUER_CA": "/etc/workload-identity/tls/ca.crt",  # a path, not PEM
+    }
+    (problem,) = problems_of([], env)
+    assert problem.startswith("--issuer-ca / WI_ISSUER_CA: holds no PEM certificate")
+
+
 def test_every_problem_is_reported_at_once() -> None:
     problems = problems_of(
         [

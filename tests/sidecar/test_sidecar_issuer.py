@@ -178,6 +178,23 @@ async def test_an_issuer_certificate_from_another_ca_is_unreachable(
     assert fake_issuer.requests == []
 
 
+async def test_the_issuer_ca_given_inline_is_trusted(
+    fake_issuer: FakeIssuer, tls_files: TlsFiles, sa_token_file: Path
+) -> None:
+    """How an injected sidecar trusts the webhook: its CA comes in WI_ISSUER_CA,
+    since no file of the webhook's namespace can be mounted in the pod's."""
+    inline = client_ssl_context(None, tls_files.ca.read_text())
+    token = await source(inline, fake_issuer.url, sa_token_file).fetch(
+        AWS, now=time.time()
+    )
+    assert token.value == fake_issuer.issued[0]
+
+
+def test_inline_text_without_a_certificate_fails_at_start() -> None:
+    with pytest.raises(ssl.SSLError):
+        client_ssl_context(None, "-----BEGIN CERTIFICATE-----\nnot base64\n")
+
+
 async def test_a_slow_issuer_times_out_as_unreachable(
     aiohttp_server: Any,
     server_ssl_context: Any,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -269,3 +270,30 @@ def test_a_label_opt_out_counts_like_the_annotation(tmp_path: Path) -> None:
     from tests.webhook.casefiles import Webhook
 
     assert "patch" not in Webhook.for_case(case).admit(review).response
+
+
+def test_the_issuer_ca_bundle_reaches_the_sidecar_inline(tmp_path: Path) -> None:
+    """In a cluster the sidecar cannot mount the webhook's Secret (another
+    namespace), so the webhook hands it the CA in WI_ISSUER_CA."""
+    from webhook.tls import write_self_signed
+
+    write_self_signed(str(tmp_path / "ca.crt"), str(tmp_path / "ca.key"), hosts=["x"])
+    pem = (tmp_path / "ca.crt").read_text()
+    identities, namespaces, case = write_case_files(tmp_path, "case-03")
+    argv = ["review", "--identities", str(identities), "--namespaces", str(namespaces),
+            str(review_file(tmp_path, case))]  # fmt: skip
+    code, printed = run([*argv, "--issuer-ca-bundle", str(tmp_path / "ca.crt")])
+    assert code == 0
+    patch = json.loads(base64.b64decode(json.loads(printed)["response"]["patch"]))
+    sidecar = next(
+        op["value"] for op in patch if op["value"].__class__ is dict
+        and op["value"].get("name") == "workload-identity"
+    )  # fmt: skip
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["WI_ISSUER_CA"] == pem.strip() + "\n"
+
+    (tmp_path / "bad.crt").write_text("not a certificate")
+    code = main(
+        [*argv, "--issuer-ca-bundle", str(tmp_path / "bad.crt")], out=io.StringIO()
+    )
+    assert code == 2
