@@ -405,11 +405,19 @@ def cmd_issuer(args: argparse.Namespace, out: TextIO) -> int:
         if not args.out:
             raise UsageError("pass --out FILE: where to write the new key")
         try:
+            # A new directory for a key is private too.
+            os.makedirs(
+                os.path.dirname(os.path.abspath(args.out)), mode=0o700, exist_ok=True
+            )
             write_new_key(args.out)
         except FileExistsError:
             raise UsageError(
                 f"{args.out} exists; choose another path or remove it first"
             ) from None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write {args.out}: {exc.strerror}; choose a path you can write"
+            ) from exc
         out.write(f"wrote a new RSA-2048 signing key to {args.out} (mode 0600)\n")
         return 0
     if not args.issuer_url:
@@ -616,8 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         "--shutdown-delay",
         "WI_SHUTDOWN_DELAY",
-        "seconds to keep serving, unready, after SIGTERM, while the API server "
-        "stops sending requests here (a second signal stops at once)",
+        "seconds (0 to 60; default 5) to keep serving, unready, after SIGTERM "
+        "while the API server stops sending requests here; a second signal skips "
+        "the rest of the wait, then requests in flight get up to 20 s",
         default=str(DEFAULT_SHUTDOWN_DELAY),
     )
     _flag(serve, "--listen", "WI_LISTEN", "HTTPS address", default="0.0.0.0:8443")

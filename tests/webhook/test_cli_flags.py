@@ -96,3 +96,12 @@ def test_jwks_without_any_key_says_what_to_pass() -> None:
     )
     assert result.returncode == 2
     assert "--public-key" in result.stderr
+
+
+def test_keygen_makes_a_private_directory_for_its_key(tmp_path: Path) -> None:
+    key = tmp_path / ".state" / "signing-key.pem"  # the Quick tour's path
+    assert main(["issuer", "keygen", "--out", str(key)], out=io.StringIO()) == 0
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert key.parent.stat().st_mode & 0o777 == 0o700
+    # A second run never overwrites it.
+    assert main(["issuer", "keygen", "--out", str(key)], out=io.StringIO()) == 2
