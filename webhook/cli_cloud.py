@@ -392,7 +392,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
     if worst is Check.UNKNOWN:
         out.write(
-            "\nsome checks could not be made (see UNKNOWN above); what could be read is right\n"
+            "\nsome checks could not be made (see UNKNOWN above: no read permission, "
+            "no credentials, or the cloud out of reach); nothing that was read is wrong\n"
         )
         return EXIT_UNVERIFIED
     return 0

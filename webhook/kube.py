@@ -42,6 +42,11 @@ async def load_configuration(
     the kubelet rotates.
     """
     configuration = client.Configuration()
+    if not kubeconfig and not in_cluster and not _default_kubeconfigs():
+        raise KubeConfigError(
+            "no kubeconfig: $KUBECONFIG names no file and ~/.kube/config does not "
+            "exist; pass --kubeconfig FILE (WI_KUBECONFIG), or run in a pod"
+        )
     if kubeconfig and not os.path.isfile(kubeconfig):  # noqa: ASYNC240 - once, at start
         # kubernetes-asyncio would only say the file lacks a current-context.
         raise KubeConfigError(
@@ -75,6 +80,15 @@ async def load_configuration(
             f"({type(exc).__name__}: {exc}): check it with `kubectl config view`"
         ) from exc
     return configuration
+
+
+def _default_kubeconfigs() -> list[str]:
+    """The files kubectl would read without --kubeconfig."""
+    listed = os.environ.get("KUBECONFIG", "")
+    candidates = [p for p in listed.split(os.pathsep) if p] or [
+        os.path.expanduser("~/.kube/config")
+    ]
+    return [path for path in candidates if os.path.isfile(path)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,3 +330,18 @@ def test_status_lists_an_invalid_identity_as_failed_and_exits_1(
     assert listed["broken"]["state"] == "failed"
     assert "spec.aws.roleArn" in listed["broken"]["summary"]
     assert listed["reports"]["state"] == "pending"
+
+
+def test_no_kubeconfig_at_all_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    code = main(
+        ["status", "--source", "kubernetes", "--issuer-url", ISSUER],
+        out=io.StringIO(),
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no kubeconfig" in err and "--kubeconfig FILE" in err
