@@ -6,6 +6,8 @@ the same documents, and every error names the document and the field.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -335,23 +337,51 @@ def _expiration(reader: _Reader, spec: Mapping[str, Any]) -> int:
     return value
 
 
-def parse_identity(document: Mapping[str, Any]) -> Identity:
-    """Validate one WorkloadIdentity document; raise IdentityError naming the field."""
-    metadata = document.get("metadata") if isinstance(document, Mapping) else None
-    raw_name = metadata.get("name") if isinstance(metadata, Mapping) else None
-    reader = _Reader(repr(raw_name) if raw_name else "(unnamed)")
-    if document.get("kind") != KIND:
-        raise reader.fail("kind", f"is {document.get('kind')!r}, expected {KIND}")
-    if document.get("apiVersion") != API_VERSION:
+SPEC_FIELDS: Final = {
+    "spec": ("description", "provider", "aws", "gcp", "scope", "token", "permissions"),
+    "spec.aws": ("roleArn", "region", "audience"),
+    "spec.gcp": (
+        "projectNumber", "poolId", "providerId", "serviceAccountEmail", "projectId",
+    ),
+    "spec.token": ("expirationSeconds",),
+    "spec.permissions": ("mode", "policyDocument", "permissions"),
+}  # fmt: skip
+"""The fields the CRD declares (deploy/crd/workloadidentity.yaml). The API
+server drops any other; a file must not carry one either, since a misspelt
+`audience` would silently fall back to the default."""
+
+PERMISSION_MODES: Final = ("managed", "existing")
+
+
+def _known_fields(reader: _Reader, raw: Any, path: str) -> None:
+    if not isinstance(raw, Mapping):
+        return  # its own reader says what is wrong with it
+    allowed = SPEC_FIELDS[path]
+    unknown = sorted((k for k in raw if k not in allowed), key=str)
+    if not unknown:
+        return
+    hints = [
+        f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+        for k in unknown
+        for close in [difflib.get_close_matches(str(k), allowed, n=1)]
+    ]
+    raise reader.fail(
+        path, f"unknown field(s) {', '.join(hints)}: expected {', '.join(allowed)}"
+    )
+
+
+def _permissions(reader: _Reader, raw: Any) -> dict[str, Any]:
+    body = reader.mapping(raw, "spec.permissions")
+    _known_fields(reader, body, "spec.permissions")
+    mode = body.get("mode")
+    if mode is not None and mode not in PERMISSION_MODES:
         raise reader.fail(
-            "apiVersion", f"is {document.get('apiVersion')!r}, expected {API_VERSION}"
+            "spec.permissions.mode", f"is {mode!r}: expected managed or existing"
         )
-    if not isinstance(raw_name, str) or not _NAME.fullmatch(raw_name):
-        raise reader.fail(
-            "metadata.name", "must be a lowercase DNS name (a-z, 0-9, '-', '.')"
-        )
-    reader.document = raw_name
-    spec = reader.mapping(document.get("spec"), "spec", required=True)
+    return body
+
+
+def _provider(reader: _Reader, spec: Mapping[str, Any]) -> Provider:
     provider_text = spec.get("provider")
     try:
         provider = Provider(str(provider_text))
@@ -364,8 +394,23 @@ def parse_identity(document: Mapping[str, Any]) -> Identity:
         raise reader.fail(
             f"spec.{other.value}", f"must not be set for provider {provider.value}"
         )
-    # The parts below do not depend on each other: read them all, so that an
-    # admin sees every fault of the document at once.
+    return provider
+
+
+def parse_identity(document: Mapping[str, Any]) -> Identity:
+    """Validate one WorkloadIdentity document; raise IdentityError naming every
+    faulty field (the first, and the others in `others`)."""
+    metadata = document.get("metadata") if isinstance(document, Mapping) else None
+    raw_name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    reader = _Reader(repr(raw_name) if raw_name else "(unnamed)")
+    if document.get("kind") != KIND:
+        raise reader.fail("kind", f"is {document.get('kind')!r}, expected {KIND}")
+    if document.get("apiVersion") != API_VERSION:
+        raise reader.fail(
+            "apiVersion", f"is {document.get('apiVersion')!r}, expected {API_VERSION}"
+        )
+    # From here on every part is read even after a fault, so that an admin
+    # sees all the faults of the document at once.
     faults: list[IdentityError] = []
 
     def part(read: Callable[[], T]) -> T | None:
@@ -375,9 +420,20 @@ def parse_identity(document: Mapping[str, Any]) -> Identity:
             faults.append(error)
             return None
 
-    permissions = part(
-        lambda: reader.mapping(spec.get("permissions"), "spec.permissions")
-    )
+    if isinstance(raw_name, str) and _NAME.fullmatch(raw_name):
+        reader.document = raw_name
+    else:
+        faults.append(
+            reader.fail(
+                "metadata.name", "must be a lowercase DNS name (a-z, 0-9, '-', '.')"
+            )
+        )
+    spec = reader.mapping(document.get("spec"), "spec", required=True)
+    part(lambda: _known_fields(reader, spec, "spec"))
+    provider = part(lambda: _provider(reader, spec))
+    for block in ("aws", "gcp", "token"):
+        part(functools.partial(_known_fields, reader, spec.get(block), f"spec.{block}"))
+    permissions = part(lambda: _permissions(reader, spec.get("permissions")))
     scope = part(lambda: _scope(reader, spec.get("scope")))
     aws = (
         part(lambda: _aws(reader, spec.get("aws")))
@@ -398,6 +454,8 @@ def parse_identity(document: Mapping[str, Any]) -> Identity:
         )
     generation = metadata.get("generation", 0) if isinstance(metadata, Mapping) else 0
     # Without faults every part was read.
+    assert isinstance(raw_name, str)
+    assert provider is not None
     assert expiration is not None
     assert description is not None
     return Identity(

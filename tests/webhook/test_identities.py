@@ -157,3 +157,31 @@ def test_the_valid_condition_names_every_fault() -> None:
     assert condition.status == "False"
     assert condition.message.startswith("spec.aws.roleArn: ")
     assert "; spec.token.expirationSeconds: must be an integer" in condition.message
+
+
+def test_a_misspelt_field_is_refused_with_the_field_it_was_meant_to_be() -> None:
+    """The API server drops fields its schema does not know; a file must not
+    keep one either: a misspelt `audience` would fall back to the default."""
+    document = doc(spec__aws__audiense="my-audience", spec__tokn={"x": 1})
+    with pytest.raises(IdentityError) as raised:
+        parse_identity(document)
+    text = str(raised.value)
+    assert "spec: unknown field(s) 'tokn' (did you mean 'token'?)" in text
+    assert "spec.aws: unknown field(s) 'audiense' (did you mean 'audience'?)" in text
+
+
+def test_a_bad_name_and_a_bad_mode_are_reported_with_the_rest() -> None:
+    document = doc(
+        metadata__name="Broken_One",
+        spec__permissions={"mode": "magic"},
+        spec__token={"expirationSeconds": 5},
+    )
+    with pytest.raises(IdentityError) as raised:
+        parse_identity(document)
+    error = raised.value
+    assert [f.field_path for f in (error, *error.others)] == [
+        "metadata.name",
+        "spec.permissions.mode",
+        "spec.token.expirationSeconds",
+    ]
+    assert "is 'magic': expected managed or existing" in str(error)
