@@ -287,9 +287,11 @@ def test_a_lost_ca_bundle_is_restored_without_a_new_certificate(
     assert ca_bundle_of(api) == [x509.load_pem_x509_certificate(before["ca.crt"])]
 
 
-def test_a_certificate_near_expiry_is_renewed_and_both_cas_trusted(
+def test_a_certificate_near_expiry_is_renewed_with_the_same_ca(
     api: FakeApi, run: Any
 ) -> None:
+    """Sidecars trust the CA their pod was created with (WI_ISSUER_CA): a
+    renewal that made a new CA would cut every running pod off /token."""
     assert run("tls", "--days=10").returncode == 0  # already inside the renewal window
     old = secret_data(api, TLS_SECRET)
     result = run("tls", "--days=365")
@@ -297,8 +299,27 @@ def test_a_certificate_near_expiry_is_renewed_and_both_cas_trusted(
     assert "expires" in result.stderr
     new = secret_data(api, TLS_SECRET)
     assert new["tls.crt"] != old["tls.crt"]
+    assert new["ca.crt"] == old["ca.crt"] and new["ca.key"] == old["ca.key"]
+    ca = x509.load_pem_x509_certificate(new["ca.crt"])
     cert = x509.load_pem_x509_certificate(new["tls.crt"])
+    cert.verify_directly_issued_by(ca)
     assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=300)
+    assert ca.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=3000)
+    assert ca_bundle_of(api) == [ca]
+
+
+def test_a_stored_ca_without_its_key_is_replaced_and_both_cas_trusted(
+    api: FakeApi, run: Any
+) -> None:
+    """A Secret written before the CA key was kept: one last new CA, while the
+    old one stays in the caBundle until replicas have reloaded."""
+    assert run("tls", "--days=10").returncode == 0
+    stored = api.secrets[(WEBHOOK_NAMESPACE, TLS_SECRET)]
+    del stored["data"]["ca.key"]
+    old = secret_data(api, TLS_SECRET)
+    assert run("tls", "--days=365").returncode == 0
+    new = secret_data(api, TLS_SECRET)
+    assert new["ca.crt"] != old["ca.crt"] and "ca.key" in new
     assert ca_bundle_of(api) == [
         x509.load_pem_x509_certificate(new["ca.crt"]),
         x509.load_pem_x509_certificate(old["ca.crt"]),

@@ -135,6 +135,17 @@ def test_tls_and_signing_key_come_from_mounted_secrets() -> None:
     # The CA of the same Secret goes to the sidecars, to trust /token: both
     # overlays (cert-manager and the certgen Job) write ca.crt beside tls.crt.
     assert flags["--issuer-ca-bundle"] == [f"{tls_dir}/ca.crt"]
+    # The self-signed overlay keeps ca.key in the same Secret: never mounted.
+    (volume,) = [
+        v
+        for v in pod["spec"]["volumes"]
+        if v.get("secret", {}).get("secretName") == TLS_SECRET
+    ]
+    assert sorted(i["key"] for i in volume["secret"]["items"]) == [
+        "ca.crt",
+        "tls.crt",
+        "tls.key",
+    ]
     assert "--signing-key" not in flags, (
         "set in the ConfigMap, so rotation needs no patch"
     )

@@ -10,8 +10,11 @@ ServiceAccount:
     (rotate by adding a key, see deploy/README.md).
 ``tls``
     Keep a self-signed CA and a serving certificate for the webhook Service in
-    a ``kubernetes.io/tls`` Secret (``tls.crt``, ``tls.key``, ``ca.crt``),
-    renew both when they near expiry, and add the CA to the caBundle of the
+    a ``kubernetes.io/tls`` Secret (``tls.crt``, ``tls.key``, ``ca.crt``, and
+    ``ca.key`` which the webhook does not mount), renew the certificate when
+    it nears expiry with the same CA (sidecars trust the CA their pod was
+    created with; a new CA is made only when the old one would expire before
+    the new certificate), and add the CA to the caBundle of the
     MutatingWebhookConfiguration *before* the new certificate is stored, so
     the API server trusts it the moment the webhook serves it.
 
@@ -139,12 +142,14 @@ def service_dns_names(service: str, namespace: str, cluster_domain: str) -> list
     ]
 
 
-def issue_certificates(
-    dns_names: list[str], *, days: int, now: dt.datetime
-) -> tuple[bytes, bytes, bytes]:
-    """A new CA and a serving certificate signed by it: (ca.crt, tls.crt, tls.key)."""
-    not_before, not_after = now - CLOCK_SKEW, now + dt.timedelta(days=days)
+CA_DAYS = 3650
+"""The CA outlives many serving certificates: injected sidecars trust the CA
+their pod was created with, so a renewal must not replace it."""
 
+
+def new_ca(
+    *, days: int, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, "workload-identity-ca")]
@@ -155,8 +160,8 @@ def issue_certificates(
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -178,6 +183,22 @@ def issue_certificates(
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert, ca_key
+
+
+def issue_certificates(
+    dns_names: list[str],
+    *,
+    days: int,
+    now: dt.datetime,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+    ca_days: int | None = None,
+) -> tuple[bytes, bytes, bytes]:
+    """A serving certificate signed by `ca`, or by a new CA valid `ca_days`
+    (default: as long as the certificate): (ca.crt, tls.crt, tls.key)."""
+    not_before, not_after = now - CLOCK_SKEW, now + dt.timedelta(days=days)
+    ca_cert, ca_key = ca or new_ca(days=ca_days or days, now=now)
+    ca_name = ca_cert.subject
 
     # Clients check the SANs; the common name is for people (at most 64 chars).
     common_name = next((n for n in dns_names if n.endswith(".svc")), dns_names[0])
@@ -207,6 +228,34 @@ def issue_certificates(
         .sign(ca_key, hashes.SHA256())
     )
     return pem_cert(ca_cert), pem_cert(cert), pem_private_key(key)
+
+
+def reusable_ca(
+    data: dict[str, bytes], *, days: int, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    """The stored CA and its key, if they can sign a certificate valid `days`
+    (the CA must outlive it); None means a new CA is needed."""
+    if not data.get("ca.crt") or not data.get("ca.key"):
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(data["ca.crt"])
+        key = serialization.load_pem_private_key(data["ca.key"], password=None)
+    except ValueError as error:
+        log.warning("the stored CA is unreadable (%s); making a new one", error)
+        return None
+    if (
+        not isinstance(key, ec.EllipticCurvePrivateKey)
+        or key.public_key() != cert.public_key()
+    ):
+        log.warning("ca.key does not match ca.crt; making a new CA")
+        return None
+    if cert.not_valid_after_utc < now + dt.timedelta(days=days):
+        log.info(
+            "the CA expires %s, before a new certificate would",
+            f"{cert.not_valid_after_utc:%Y-%m-%d}",
+        )
+        return None
+    return cert, key
 
 
 def why_renew(
@@ -387,13 +436,24 @@ def ensure_tls(
         return False
 
     log.info("issuing a new certificate for %s: %s", service, reason)
-    ca, cert, key = issue_certificates(dns_names, days=days, now=now)
+    stored_ca = reusable_ca(data, days=days, now=now)
+    if stored_ca is None:
+        stored_ca = new_ca(days=max(CA_DAYS, days), now=now)
+        log.info("made a new CA, valid %d days", max(CA_DAYS, days))
+    ca, cert, key = issue_certificates(dns_names, days=days, now=now, ca=stored_ca)
     patch_ca_bundle(api, webhook_config, ca, now=now, wait_seconds=wait_seconds)
+    # ca.key stays in this Secret for the next renewal; the webhook's volume
+    # lists the other three keys only.
     body = secret_body(
         secret,
         namespace,
         "kubernetes.io/tls",
-        {"ca.crt": ca, "tls.crt": cert, "tls.key": key},
+        {
+            "ca.crt": ca,
+            "ca.key": pem_private_key(stored_ca[1]),
+            "tls.crt": cert,
+            "tls.key": key,
+        },
     )
     if existing is None:
         api.write("POST", path, body)
