@@ -202,7 +202,7 @@ def _hint(exc: ApiException, needs: str) -> str:
         return "; the API server refused the credentials: renew the kubeconfig's token"
     if exc.status == 403:
         return f"; the account needs {needs}"
-    return "; run install again"
+    return "; try again"
 
 
 @dataclass(frozen=True, slots=True)
