@@ -49,5 +49,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp logs every client disconnect at DEBUG/INFO; keep ours readable.
+    # aiohttp logs every client disconnect at DEBUG/INFO, and botocore says at
+    # INFO where it found credentials on every run; keep ours readable.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)

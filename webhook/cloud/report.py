@@ -84,6 +84,13 @@ def snapshot_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     return lines
 
 
+def _what_was_installed(record: InstallRecord) -> str:
+    # A file has no generations; an object in a cluster starts at 1.
+    if record.installed_generation:
+        return f"generation {record.installed_generation}"
+    return "the spec"
+
+
 def identity_status(
     name: str,
     provider: str,
@@ -118,7 +125,7 @@ def identity_status(
             name,
             provider,
             InstallState.INSTALLED,
-            f"generation {record.installed_generation} installed"
+            f"{_what_was_installed(record)} installed"
             + (f" at {record.installed_at}" if record.installed_at else ""),
         )
     difference = (
@@ -130,7 +137,7 @@ def identity_status(
         name,
         provider,
         InstallState.PENDING,
-        f"changed since generation {record.installed_generation} was installed: run install",
+        f"changed since {_what_was_installed(record)} was installed: run install",
         difference,
     )
 

@@ -118,7 +118,11 @@ def test_install_creates_provider_role_and_policy_and_a_second_run_changes_nothi
     assert code == 0, again
     assert "reports (aws): up to date, nothing to change" in again
     assert "1 installed (0 changed)" in again
-    assert status(identities, state)["reports"]["state"] == "installed"
+    installed = status(identities, state)["reports"]
+    assert installed["state"] == "installed"
+    assert installed["summary"].startswith(
+        "the spec installed at "
+    )  # no generations in a file
 
 
 def test_the_trust_policy_pins_provider_audience_and_the_identity_sub(

@@ -127,6 +127,9 @@ def test_install_records_into_the_status_and_kubectl_shows_it_installed(
     (condition,) = recorded["conditions"]
     assert (condition["type"], condition["status"]) == ("Installed", "True")
     assert status(cluster)["reports"]["state"] == "installed"
+    assert status(cluster)["reports"]["summary"].startswith(
+        "generation 1 installed at "
+    )
 
     # Idempotent: nothing changes in the cloud, nothing is written again.
     writes = cluster.status_writes()
