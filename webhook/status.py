@@ -237,6 +237,12 @@ def install_condition(obj: Mapping[str, Any]) -> Condition | None:
     A failure counts while the spec is still the generation it failed for; a
     later edit makes the identity pending again (install has not seen it yet).
     """
+    return _install_condition(obj, spec_installed(obj))
+
+
+def _install_condition(
+    obj: Mapping[str, Any], installed: bool | None
+) -> Condition | None:
     status = _mapping(obj.get("status"))
     current = status_of(obj)
     failure = _mapping(status.get("lastInstallFailure"))
@@ -249,7 +255,6 @@ def install_condition(obj: Mapping[str, Any]) -> Condition | None:
             f"{failure.get('at', '?')}: {failure.get('message', '')}",
             current.generation,
         )
-    installed = spec_installed(obj)
     if installed is None:
         if not failure:
             return None
@@ -290,13 +295,13 @@ def with_install_state(
     an install turns the Installed column to false without anyone running
     `status`.
     """
-    condition = install_condition(obj)
+    installed = spec_installed(obj)  # parses the spec: once per call
+    condition = _install_condition(obj, installed)
     if condition is None:
         return None
     status = dict(_mapping(obj.get("status")))
-    installed = bool(spec_installed(obj))
-    changed = status.get("installed") is not installed
-    status["installed"] = installed
+    changed = status.get("installed") is not bool(installed)
+    status["installed"] = bool(installed)
     updated = with_condition(status, condition, now=now)
     if updated is None:
         return status if changed else None

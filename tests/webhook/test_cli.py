@@ -285,10 +285,12 @@ def test_the_issuer_ca_bundle_reaches_the_sidecar_inline(tmp_path: Path) -> None
     code, printed = run([*argv, "--issuer-ca-bundle", str(tmp_path / "ca.crt")])
     assert code == 0
     patch = json.loads(base64.b64decode(json.loads(printed)["response"]["patch"]))
-    sidecar = next(
-        op["value"] for op in patch if op["value"].__class__ is dict
+    (sidecar,) = [
+        op["value"]
+        for op in patch
+        if isinstance(op.get("value"), dict)
         and op["value"].get("name") == "workload-identity"
-    )  # fmt: skip
+    ]
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["WI_ISSUER_CA"] == pem.strip() + "\n"
 

@@ -458,10 +458,10 @@ def test_debug_logs_never_carry_the_aws_session_token(
     secret = "SECRET-SESSION-TOKEN-1b7f"
     monkeypatch.setenv("AWS_SESSION_TOKEN", secret)
     identities = write_identities(tmp_path / "ids.yaml", managed())
-    argv = ["--log-level", "DEBUG", "install", "--identities", str(identities),
-            "--issuer-url", ISSUER, "--aws-endpoint-url", moto,
-            "--state-file", str(tmp_path / "state.json")]  # fmt: skip
-    assert main(argv, out=io.StringIO()) == 0
+    code, out = run(
+        "install", identities, moto, tmp_path / "state.json", "--log-level", "DEBUG"
+    )
+    assert code == 0, out
     err = capsys.readouterr().err
     assert secret not in err
     assert "X-Amz-Security-Token" not in err
